@@ -1,8 +1,13 @@
-"""Fine-tune SAM for segmentation with Conv-LoRA, LoRA or decoder-only training, with Accelerate.
+"""Fine-tune SAM for segmentation with Conv-LoRA, LoRA, CAD or decoder-only training, with Accelerate.
 
     accelerate launch recipes/train.py recipes/configs/quickstart.yaml
     accelerate launch recipes/train.py recipes/configs/conv_lora_kvasir.yaml --data_dir data/Kvasir-SEG
+    accelerate launch recipes/train.py recipes/configs/cad_cod10k.yaml --data_dir data/COD10K-v3 --cache_embeddings
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train.py recipes/configs/quickstart.yaml
+
+With `--cache_embeddings` (cad and decoder_only, whose image encoder stays frozen), the encoder's output for each
+image (and flip) is computed once, stored under `--embedding_cache_dir` and read back in later epochs and
+evaluations; `recipes/cache_embeddings.py` fills the cache ahead of training.
 
 Values on the command line override the YAML file (see sam_peft/training/arguments.py for every key). The
 output folder receives the trained weights of the best epoch (an adapter for conv_lora and lora), the run record
@@ -16,6 +21,7 @@ import importlib.util
 import json
 import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +38,7 @@ from sam_peft.modeling import SamSemanticSegmentationOutput, post_process_semant
 from sam_peft.training import (
     TrainingState,
     build_datasets,
+    build_embedding_cache,
     build_model,
     check_output_dir,
     default_metric,
@@ -39,6 +46,7 @@ from sam_peft.training import (
     evaluate,
     is_better,
     load_trained_weights,
+    model_inputs,
     parse_args,
     register_trainable_checkpointing,
     save_overlays,
@@ -47,7 +55,14 @@ from sam_peft.training import (
     write_run_file,
 )
 
-PEFT_TYPES = {"conv_lora": "CONV_LORA", "lora": "LORA", "decoder_only": "DECODER_ONLY"}
+PEFT_TYPES = {"conv_lora": "CONV_LORA", "lora": "LORA", "cad": "CAD", "decoder_only": "DECODER_ONLY"}
+# the hyperparameters of each method that the model card lists
+METHOD_HYPERPARAMETERS = {
+    "conv_lora": ("r", "lora_alpha", "num_experts", "top_k", "moe_loss_weight"),
+    "lora": ("r", "lora_alpha"),
+    "cad": ("cad_image_size", "cad_scale"),
+    "decoder_only": (),
+}
 
 
 def make_scheduler(optimizer, train_args, total_steps: int):
@@ -129,9 +144,10 @@ def main() -> None:
         accelerator.print(f"Resumed from {checkpoint} at step {state.step} (epoch {state.epoch})")
 
     unwrapped = accelerator.unwrap_model(model)
+    cache = build_embedding_cache(data_args, unwrapped, image_size)
     best_dir = output_dir / "best"
     if state.baseline is None:  # the untrained model, for comparison in metrics.json
-        state.baseline = _scalars(evaluate(model, eval_loader, accelerator, model_args.num_labels))
+        state.baseline = _scalars(evaluate(model, eval_loader, accelerator, model_args.num_labels, cache))
     last_step = min(scheduled_steps, train_args.max_steps or scheduled_steps)
     progress = tqdm(total=last_step, initial=state.step, desc="training", disable=not accelerator.is_local_main_process)
     while state.epoch < train_args.num_epochs and state.step < last_step:
@@ -141,7 +157,7 @@ def main() -> None:
         batches = accelerator.skip_first_batches(train_loader, done_in_epoch * train_args.gradient_accumulation_steps)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                loss = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"]).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
@@ -161,7 +177,7 @@ def main() -> None:
         if epoch_finished:
             state.epoch += 1
             if state.epoch % train_args.eval_every_epochs == 0 or state.epoch == train_args.num_epochs:
-                results = evaluate(model, eval_loader, accelerator, model_args.num_labels)
+                results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
                 state.eval_log.append({"epoch": state.epoch, "step": state.step, **_scalars(results)})
                 accelerator.log({f"eval/{k}": v for k, v in _scalars(results).items()}, step=state.step)
                 accelerator.print(f"epoch {state.epoch}: {metric} {results[metric]:.4f}, loss {results['loss']:.4f}")
@@ -181,13 +197,16 @@ def main() -> None:
     # The best epoch's weights become the run's result.
     accelerator.wait_for_everyone()
     load_trained_weights(unwrapped, best_dir)
-    results = evaluate(model, eval_loader, accelerator, model_args.num_labels)
+    results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
     if accelerator.is_main_process:
         save_trained(unwrapped, output_dir)
         write_run_file(output_dir, model_args, image_size)
         final = {"metric_for_best_model": metric, "best_epoch": state.best_epoch, "eval_split": data_args.eval_split}
         final.update(results)
         final["untrained"] = state.baseline
+        final["train_log"] = state.train_log
+        if cache is not None:
+            final["embedding_cache"] = {"directory": str(cache.directory), **asdict(cache.stats)}
         (output_dir / "metrics.json").write_text(json.dumps(final, indent=2))
         save_training_curves(output_dir / "training_curves.png", state.train_log, state.eval_log, metric)
         split = data_args.eval_split
@@ -219,7 +238,7 @@ def _scalars(results: dict) -> dict[str, float]:
 
 
 def _hyperparameters(model_args, train_args) -> dict:
-    keys = ("method", "r", "lora_alpha", "num_experts", "top_k", "moe_loss_weight")
+    keys = ("method", *METHOD_HYPERPARAMETERS[model_args.method])
     train_keys = ("learning_rate", "weight_decay", "lr_schedule", "batch_size", "num_epochs", "seed")
     return {**{k: getattr(model_args, k) for k in keys}, **{k: getattr(train_args, k) for k in train_keys}}
 

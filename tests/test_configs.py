@@ -13,8 +13,12 @@ from sam_peft.training.arguments import METHODS, parse_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 ALL = sorted(CONFIGS.glob("*.yaml"))
-PAPER = [path for path in ALL if path.stem != "quickstart"]
+# the Conv-LoRA paper's methods and datasets; CAD has its own paper, datasets and settings
+CONV_LORA_METHODS = ("conv_lora", "lora", "decoder_only")
 DATASETS = ("kvasir", "cvc612", "isic2017", "camouflage", "sbu", "leaf", "road", "trans10k_v1", "trans10k_v2")
+CAD_DATASETS = {"cod10k": ("cod10k", "s_alpha"), "camo": ("camo", "s_alpha"), "istd": ("istd", "ber")}
+PAPER = [path for path in ALL if path.stem.startswith(CONV_LORA_METHODS)]
+CAD = [path for path in ALL if path.stem.startswith("cad_")]
 
 
 def _parse(name: str):
@@ -22,8 +26,24 @@ def _parse(name: str):
 
 
 def test_one_config_per_method_and_dataset():
-    expected = {f"{method}_{dataset}" for method in METHODS for dataset in DATASETS}
+    expected = {f"{method}_{dataset}" for method in CONV_LORA_METHODS for dataset in DATASETS}
     assert {path.stem for path in PAPER} == expected
+    assert {path.stem for path in CAD} == {f"cad_{dataset}" for dataset in CAD_DATASETS}
+    assert set(METHODS) == {*CONV_LORA_METHODS, "cad"}
+    assert {path.stem for path in ALL} == {path.stem for path in PAPER + CAD} | {"quickstart"}
+
+
+@pytest.mark.parametrize("dataset", CAD_DATASETS)
+def test_cad_configs_hold_the_cad_papers_settings(dataset):
+    model_args, data_args, train_args = _parse(f"cad_{dataset}")
+    benchmark, metric = CAD_DATASETS[dataset]
+    assert (model_args.base_model, model_args.method, model_args.num_labels) == ("facebook/sam-vit-base", "cad", 1)
+    assert (model_args.cad_image_size, model_args.cad_scale, model_args.semantic_loss) == (512, 0.1, "bce_iou")
+    assert data_args.benchmark == benchmark and benchmark in BENCHMARKS and data_args.data_dir == f"data/{benchmark}"
+    assert (data_args.image_size, data_args.hflip, data_args.cache_embeddings) == (1024, 0.5, False)
+    assert (train_args.learning_rate, train_args.weight_decay, train_args.lr_schedule) == (2e-4, 1e-2, "cosine")
+    assert (train_args.batch_size, train_args.num_epochs) == (4, 20)
+    assert train_args.metric_for_best_model == metric and train_args.output_dir == f"outputs/cad_{dataset}"
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda path: path.stem)
@@ -54,7 +74,7 @@ def test_paper_config_common_settings(path):
         assert model_args.moe_loss_weight == (1.0 if model_args.num_labels == 1 else 2.0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CONV_LORA_METHODS)
 def test_paper_hyperparameters_per_task(method):
     expected = {
         # dataset: (benchmark, epochs, learning rate, metric_for_best_model, semantic_loss)
@@ -99,3 +119,12 @@ def test_an_unknown_key_is_named(tmp_path):
     config.write_text((CONFIGS / "conv_lora_kvasir.yaml").read_text() + "learning_rat: 1.0e-3\n")
     with pytest.raises(ValueError, match="learning_rat"):
         parse_args([str(config)])
+
+
+def test_the_embedding_cache_needs_a_frozen_encoder_method():
+    with pytest.raises(ValueError, match="cache_embeddings needs a method that keeps the image encoder frozen"):
+        parse_args([str(CONFIGS / "conv_lora_kvasir.yaml"), "--cache_embeddings"])
+    _, data_args, _ = parse_args([str(CONFIGS / "cad_istd.yaml"), "--cache_embeddings"])
+    assert data_args.cache_embeddings is True
+    with pytest.raises(ValueError, match="Unknown embedding_cache_dtype 'int8'"):
+        parse_args([str(CONFIGS / "cad_istd.yaml"), "--embedding_cache_dtype", "int8"])

@@ -12,6 +12,7 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 from sam_peft.modeling.losses import (
     balanced_bce_loss,
     bce_dice_loss,
+    bce_iou_loss,
     binary_segmentation_loss,
     semantic_set_loss,
     semantic_to_mask_labels,
@@ -125,6 +126,19 @@ def test_bce_dice_matches_hand_computation():
     probs = [(sigmoid(x), t) for x, t in values]
     dice = 1 - (2 * sum(p * t for p, t in probs) + 1) / (sum(p for p, _ in probs) + sum(t for _, t in probs) + 1)
     assert bce_dice_loss(logits, labels).item() == pytest.approx(mean_bce + dice, rel=1e-5)
+
+
+def test_bce_iou_matches_hand_computation():
+    ignored = {(1, 1), (2, 0)}
+    logits, labels = as_tensors(ignored)
+    values = pixels(ignored)
+    mean_bce = sum(bce(x, t) for x, t in values) / len(values)
+    probs = [(sigmoid(x), t) for x, t in values]
+    intersection = sum(p * t for p, t in probs)
+    union = sum(p for p, _ in probs) + sum(t for _, t in probs) - intersection
+    iou = 1 - (intersection + 1e-3) / (union + 1e-3)
+    assert bce_iou_loss(logits, labels).item() == pytest.approx(mean_bce + iou, rel=1e-5)
+    assert binary_segmentation_loss(logits, labels, "bce_iou") == bce_iou_loss(logits, labels)
 
 
 def test_binary_segmentation_loss_dispatches_and_rejects_unknown_names():

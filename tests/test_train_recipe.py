@@ -123,6 +123,56 @@ def test_resume_continues_from_the_saved_step(finished_run, tmp_path):
         torch.testing.assert_close(continued[key], uninterrupted[key], rtol=1e-4, atol=1e-6)
 
 
+def test_cached_encoder_outputs_give_the_same_run(finished_run, tmp_path):
+    """decoder_only with and without --cache_embeddings (float32): the same loss curve and result."""
+    shutil.copytree(finished_run / "base", tmp_path / "base")
+    common = ("--method", "decoder_only", "--learning_rate", "0.001")
+    run_train(small_run(tmp_path, "plain", *common))
+    cache_args = ("--cache_embeddings", "--embedding_cache_dir", str(tmp_path / "cache"))
+    run_train(small_run(tmp_path, "cached", *common, *cache_args, "--embedding_cache_dtype", "float32"))
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    cached = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert [e["step"] for e in cached["train_log"]] == [e["step"] for e in plain["train_log"]] == [1, 2, 3, 4]
+    losses = [[e["loss"] for e in run["train_log"]] for run in (plain, cached)]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=0)
+    assert cached["iou"] == pytest.approx(plain["iou"], abs=1e-5)
+    stats = cached["embedding_cache"]
+    # 4 evaluation images (read again at each of 3 evaluations) and 8 training images, some flipped
+    assert stats["misses"] >= 12 and stats["hits"] >= 8 and stats["repaired"] == 0
+    assert stats["directory"].startswith(str(tmp_path / "cache"))
+
+
+def test_cad_trains_from_a_cache_filled_ahead(finished_run, tmp_path):
+    """recipes/cache_embeddings.py stores every image the run reads, flipped or not: training never encodes."""
+    shutil.copytree(finished_run / "base", tmp_path / "base")
+    args = small_run(tmp_path, "cad", "--method", "cad", "--cad_image_size", "64", "--semantic_loss", "bce_iou")
+    args += ["--embedding_cache_dir", str(tmp_path / "cache")]
+    filled = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "cache_embeddings.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert filled.returncode == 0, filled.stderr[-3000:]
+    assert "train (flipped): 8 computed" in filled.stdout and "validation: 4 computed" in filled.stdout
+    run_train([*args, "--cache_embeddings"])
+    run_dir = tmp_path / "cad"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["embedding_cache"]["misses"] == 0 and metrics["embedding_cache"]["hits"] > 0
+    assert json.loads((run_dir / "adapter_config.json").read_text())["peft_type"] == "CAD"
+    saved = adapter_weights(run_dir)
+    assert any("cad_adapter" in k and "running_mean" in k for k in saved)  # BatchNorm statistics travel too
+    assert any(k.startswith("base_model.model.mask_decoder") for k in saved)
+    model = load_trained(run_dir)
+    pixel_values = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixel_values).logits, load_trained(run_dir)(pixel_values).logits)
+    card = (run_dir / "README.md").read_text()
+    assert "cad_image_size" in card and "CAD" in card
+
+
 @pytest.mark.slow
 def test_two_processes_agree_with_one(finished_run, tmp_path):
     shutil.copytree(finished_run / "base", tmp_path / "base")

@@ -379,6 +379,22 @@ class EmbeddingCache:
             return embeddings
         return self.cad.add_adapter_outputs(embeddings, pixel_values)
 
+    def model_inputs(
+        self,
+        pixel_values: torch.Tensor,
+        keys: Sequence[str] | None = None,
+        augmentation: str | Sequence[str] = "none",
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments that replace `pixel_values=` in the model's forward, with the encoder output cached.
+
+        Decoder-only: `{"image_embeddings"}`. CAD: `{"pixel_values", "encoder_embeddings"}`, so the adapter runs
+        inside the model's forward (under DDP, inside the wrapped module).
+        """
+        embeddings = self.get_or_compute(pixel_values, keys, augmentation)
+        if self.cad is None:
+            return {"image_embeddings": embeddings}
+        return {"pixel_values": pixel_values, "encoder_embeddings": embeddings}
+
     def fill(
         self,
         batches: Iterable[torch.Tensor | Mapping],

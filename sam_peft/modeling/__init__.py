@@ -1,6 +1,6 @@
 """SAM models and model helpers."""
 
-from .losses import balanced_bce_loss, bce_dice_loss, semantic_set_loss, structure_loss
+from .losses import balanced_bce_loss, bce_dice_loss, bce_iou_loss, semantic_set_loss, structure_loss
 from .prompted import load_encoder_adapter
 from .random_sam import VARIANTS, init_vision_weights_, random_sam, sam_config
 from .semantic_sam import (
@@ -17,6 +17,7 @@ __all__ = [
     "SamSemanticSegmentationOutput",
     "balanced_bce_loss",
     "bce_dice_loss",
+    "bce_iou_loss",
     "init_vision_weights_",
     "load_encoder_adapter",
     "post_process_semantic_segmentation",

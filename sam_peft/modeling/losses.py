@@ -4,7 +4,8 @@ Binary tasks (one logit map per image, labels 0 / 1 with an ignore index):
 
 - `structure_loss`: PraNet's weighted BCE + weighted IoU, the default of the Conv-LoRA code;
 - `balanced_bce_loss`: BCE with positives re-weighted by the negative/positive ratio (shadow detection);
-- `bce_dice_loss`: plain BCE + soft dice.
+- `bce_dice_loss`: plain BCE + soft dice;
+- `bce_iou_loss`: plain BCE + soft IoU, the loss of the CAD and SAM-Adapter code.
 
 Multi-class tasks (N mask queries with class logits, Mask2Former style): `semantic_set_loss` builds one binary
 target mask per class present in each label map and reuses transformers' `Mask2FormerLoss` (Hungarian matching,
@@ -148,17 +149,44 @@ def bce_dice_loss(logits: Tensor, labels: Tensor, ignore_index: int | None = DEF
     return mean_bce + dice.mean()
 
 
+def bce_iou_loss(logits: Tensor, labels: Tensor, ignore_index: int | None = DEFAULT_IGNORE_INDEX) -> Tensor:
+    """BCE averaged over the non-ignored pixels plus the soft IoU loss averaged over images (CAD's loss).
+
+    Per image, `iou = 1 - (sum(p * g) + 1e-3) / (sum(p) + sum(g) - sum(p * g) + 1e-3)` over the non-ignored
+    pixels, with `p = sigmoid(logits)`: the smoothing of the CAD and SAM-Adapter code.
+
+    Args:
+        logits: `(B, 1, H, W)` or `(B, H, W)` foreground logits.
+        labels: `(B, H, W)` labels in {0, 1, `ignore_index`}.
+        ignore_index: label value to ignore, or `None`.
+
+    Returns:
+        0-dim loss.
+    """
+    logits, target, valid = _binary_targets(logits, labels, ignore_index)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    mean_bce = (bce * valid).sum() / valid.sum().clamp_min(1)
+    prob = torch.sigmoid(logits) * valid
+    target = target * valid
+    # (B, 1) per-image terms
+    intersection = (prob * target).sum(dim=(2, 3))
+    union = prob.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) - intersection
+    iou = 1 - (intersection + 1e-3) / (union + 1e-3)
+    return mean_bce + iou.mean()
+
+
 BINARY_LOSSES: dict[str, Callable[..., Tensor]] = {
     "structure": structure_loss,
     "balanced_bce": balanced_bce_loss,
     "bce_dice": bce_dice_loss,
+    "bce_iou": bce_iou_loss,
 }
 
 
 def binary_segmentation_loss(
     logits: Tensor, labels: Tensor, loss_type: str = "structure", ignore_index: int | None = DEFAULT_IGNORE_INDEX
 ) -> Tensor:
-    """The binary loss named `loss_type` ("structure", "balanced_bce" or "bce_dice"); see `BINARY_LOSSES`.
+    """The binary loss named `loss_type` ("structure", "balanced_bce", "bce_dice" or "bce_iou"); see `BINARY_LOSSES`.
 
     Args:
         logits: `(B, 1, H, W)` or `(B, H, W)` foreground logits.

@@ -79,7 +79,7 @@ class SamSemanticSegmentationConfig(SamConfig):
             for multi-class ones.
         semantic_loss (`str`, *optional*, defaults to `"structure"`):
             Binary loss: `"structure"` (PraNet's weighted BCE + weighted IoU), `"balanced_bce"` (shadow
-            detection) or `"bce_dice"`. See `sam_peft.modeling.losses`.
+            detection), `"bce_dice"` or `"bce_iou"` (CAD). See `sam_peft.modeling.losses`.
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label value ignored by the losses; it is never a class.
         class_weight (`float`, *optional*, defaults to 1.0):

@@ -1,7 +1,7 @@
 """The training recipe's library: configuration, builders, loop state, checkpoints, evaluation and pictures."""
 
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args
-from .builders import build_datasets, build_model, ensure_random_base, load_data
+from .builders import build_datasets, build_embedding_cache, build_model, ensure_random_base, load_data
 from .checkpoints import (
     load_trained,
     load_trained_weights,
@@ -10,7 +10,7 @@ from .checkpoints import (
     save_trained,
     write_run_file,
 )
-from .evaluation import default_metric, evaluate, is_better
+from .evaluation import default_metric, evaluate, is_better, model_inputs
 from .plots import save_overlays, save_training_curves
 from .state import TrainingState, check_output_dir
 
@@ -20,6 +20,7 @@ __all__ = [
     "TrainArguments",
     "TrainingState",
     "build_datasets",
+    "build_embedding_cache",
     "build_model",
     "check_output_dir",
     "default_metric",
@@ -29,6 +30,7 @@ __all__ = [
     "load_data",
     "load_trained",
     "load_trained_weights",
+    "model_inputs",
     "parse_args",
     "read_run_file",
     "register_trainable_checkpointing",

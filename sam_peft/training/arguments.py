@@ -10,7 +10,9 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-METHODS = ("conv_lora", "lora", "decoder_only")
+METHODS = ("conv_lora", "lora", "cad", "decoder_only")
+# methods whose image encoder stays frozen, so that its outputs can be cached
+FROZEN_ENCODER_METHODS = ("cad", "decoder_only")
 # metrics for which lower is better; every other metric is "higher is better"
 LOWER_IS_BETTER = frozenset({"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss"})
 
@@ -29,13 +31,17 @@ class ModelArguments:
     method: str = field(default="conv_lora", metadata={"help": f"One of {METHODS}."})
     num_labels: int = field(default=1, metadata={"help": "1 for binary tasks, K for K classes."})
     num_mask_tokens: int | None = field(default=None, metadata={"help": "Mask tokens of a multi-class model."})
-    semantic_loss: str = field(default="structure", metadata={"help": "structure, balanced_bce or bce_dice."})
+    semantic_loss: str = field(
+        default="structure", metadata={"help": "structure, balanced_bce, bce_dice or bce_iou (CAD)."}
+    )
     r: int = field(default=3, metadata={"help": "Rank of (Conv-)LoRA."})
     lora_alpha: float = field(default=32, metadata={"help": "(Conv-)LoRA scaling numerator."})
     lora_dropout: float = field(default=0.0, metadata={"help": "(Conv-)LoRA dropout."})
     num_experts: int = field(default=8, metadata={"help": "Conv-LoRA experts (scales 1..num_experts)."})
     top_k: int = field(default=1, metadata={"help": "Conv-LoRA experts per window."})
     moe_loss_weight: float = field(default=1.0, metadata={"help": "Weight of Conv-LoRA's balance loss."})
+    cad_image_size: int = field(default=512, metadata={"help": "CAD: side of the adapter's input (paper: 512)."})
+    cad_scale: float = field(default=0.1, metadata={"help": "CAD: factor of the adapter output (paper: 0.1)."})
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute vision blocks in backward."})
 
     def __post_init__(self) -> None:
@@ -63,6 +69,22 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+    cache_embeddings: bool = field(
+        default=False,
+        metadata={"help": "cad / decoder_only: read the frozen encoder's outputs from an on-disk cache."},
+    )
+    embedding_cache_dir: str | None = field(
+        default=None, metadata={"help": "Embedding cache folder; default: $HF_HOME/sam-peft/embeddings."}
+    )
+    embedding_cache_dtype: str = field(
+        default="float16", metadata={"help": "Storage dtype of cached embeddings: float16, bfloat16 or float32."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.embedding_cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(
+                f"Unknown embedding_cache_dtype {self.embedding_cache_dtype!r}; expected float16, bfloat16 or float32."
+            )
 
 
 @dataclass
@@ -122,4 +144,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         if unknown:
             raise ValueError(f"Unknown config key(s) in {path}: {', '.join(unknown)}. Valid keys: {sorted(known)}.")
     parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if data_args.cache_embeddings and model_args.method not in FROZEN_ENCODER_METHODS:
+        raise ValueError(
+            "cache_embeddings needs a method that keeps the image encoder frozen "
+            f"({', '.join(FROZEN_ENCODER_METHODS)}); {model_args.method} changes the encoder's output as it trains."
+        )
+    return model_args, data_args, train_args

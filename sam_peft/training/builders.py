@@ -6,11 +6,21 @@ from pathlib import Path
 
 import torch
 from datasets import DatasetDict
+from huggingface_hub import constants
 from peft import LoraConfig, get_peft_model
 
-from ..data import binary_dataset, load_benchmark, load_folder, load_hub, multiclass_dataset, prepare_for_sam
+from ..data import (
+    EmbeddingCache,
+    binary_dataset,
+    load_benchmark,
+    load_folder,
+    load_hub,
+    multiclass_dataset,
+    prepare_for_sam,
+)
 from ..data.preprocessing import Augmentation
 from ..modeling import SamForSemanticSegmentation, random_sam
+from ..tuners.cad import CadConfig
 from ..tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
 from .arguments import DataArguments, ModelArguments
 
@@ -26,7 +36,9 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
     """`SamForSemanticSegmentation` from `args.base_model` with the method's trainable weights.
 
     conv_lora / lora: a PEFT model whose adapters sit on every vision block's qkv and whose mask decoder is trained
-    in full (sam-peft's default for this model; named explicitly for peft's LoRA). decoder_only: the encoders frozen.
+    in full (sam-peft's default for this model; named explicitly for peft's LoRA). cad: a PEFT model with CAD's
+    convolutional adapter beside the frozen image encoder, and the mask decoder trained. decoder_only: the encoders
+    frozen.
     """
     model = SamForSemanticSegmentation.from_pretrained(
         args.base_model,
@@ -39,6 +51,9 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.method == "decoder_only":
         return model.freeze_encoders()
+    if args.method == "cad":
+        channels = model.config.vision_config.output_channels  # the adapter's output is added to the embedding
+        return get_peft_model(model, CadConfig(image_size=args.cad_image_size, channels=channels, scale=args.cad_scale))
     if args.method == "conv_lora":
         config = ConvLoraConfig(
             r=args.r,
@@ -96,3 +111,23 @@ def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: 
             data[split] = data[split].select(range(min(limit, len(data[split]))))
     data = DatasetDict({"train": data["train"], args.eval_split: data[args.eval_split]})
     return data, prepare_for_sam(data, image_size, augmentation=Augmentation(hflip=args.hflip))
+
+
+def build_embedding_cache(args: DataArguments, model: torch.nn.Module, image_size: int) -> EmbeddingCache | None:
+    """The frozen-encoder embedding cache of a cad or decoder_only run (`args.cache_embeddings`), else `None`.
+
+    Raises:
+        ValueError: for decoder-only training at an input size other than the model's (the decoder then reads the
+            embeddings without the pixel values, and its output size is the model's).
+    """
+    if not args.cache_embeddings:
+        return None
+    directory = args.embedding_cache_dir or Path(constants.HF_HOME) / "sam-peft" / "embeddings"
+    cache = EmbeddingCache(directory, model, dtype=getattr(torch, args.embedding_cache_dtype))
+    model_size = cache.encoder.config.image_size
+    if cache.cad is None and image_size != model_size:
+        raise ValueError(
+            f"Decoder-only training from cached embeddings needs image_size equal to the model's ({model_size}); "
+            f"got {image_size}."
+        )
+    return cache

@@ -8,6 +8,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..data import EmbeddingCache
 from ..metrics import SemanticMetrics, SODMetrics
 from ..modeling.semantic_sam import SamSemanticSegmentationOutput, post_process_semantic_segmentation
 from .arguments import LOWER_IS_BETTER
@@ -31,18 +32,31 @@ def labels_at_original_size(labels: torch.Tensor, original: list[int], reshaped:
     return F.interpolate(cropped, size=tuple(original), mode="nearest-exact")[0, 0].long()
 
 
+def model_inputs(pixel_values: torch.Tensor, cache: EmbeddingCache | None = None) -> dict[str, torch.Tensor]:
+    """The image inputs of the model's forward: `pixel_values` (B, 3, S, S), or, with an embedding cache, the
+    cached frozen-encoder output in its place (see `EmbeddingCache.model_inputs`)."""
+    return {"pixel_values": pixel_values} if cache is None else cache.model_inputs(pixel_values)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, num_labels: int) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    dataloader: DataLoader,
+    accelerator: Accelerator,
+    num_labels: int,
+    cache: EmbeddingCache | None = None,
+) -> dict:
     """The task's metrics over `dataloader` (each image once, whatever the number of processes) and the mean loss.
 
     Binary: S-alpha, E-phi, weighted F, MAE, IoU, Dice, BER, ... on foreground probabilities; multi-class: mIoU,
-    accuracy, ... on label maps. Predictions and labels are compared at the original image sizes.
+    accuracy, ... on label maps. Predictions and labels are compared at the original image sizes. With `cache`,
+    the frozen encoder's outputs are read from (or written to) it.
     """
     model.eval()
     metrics = SODMetrics() if num_labels == 1 else SemanticMetrics(num_labels=num_labels)
     losses = []
     for batch in tqdm(dataloader, desc="evaluating", disable=not accelerator.is_local_main_process, leave=False):
-        outputs = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
         losses.append(accelerator.gather_for_metrics(outputs.loss.detach()[None]))
         logits, labels, original, reshaped = accelerator.gather_for_metrics(
             (outputs.logits, batch["labels"], batch["original_sizes"], batch["reshaped_input_sizes"])
