@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sam_peft.data import binary_dataset, binary_samples, multiclass_dataset, multiclass_samples
+from sam_peft.data import SYNTHETIC_DOMAINS, binary_dataset, binary_samples, multiclass_dataset, multiclass_samples
 
 
 def test_binary_dataset_matches_binary_samples():
@@ -38,3 +38,24 @@ def test_multiclass_dataset_columns_and_ids():
 def test_multiclass_needs_two_labels():
     with pytest.raises(ValueError, match="num_labels"):
         multiclass_samples(1, num_labels=1)
+
+
+def test_synthetic_domains_differ_in_appearance():
+    means = {}
+    for name in SYNTHETIC_DOMAINS:
+        images, masks = binary_samples(6, size=48, seed=1, appearance=name)
+        assert set(np.unique(masks)) == {0, 1}
+        means[name] = images.reshape(-1, 3).mean(0)
+    names = sorted(means)
+    gaps = [np.abs(means[a] - means[b]).max() for i, a in enumerate(names) for b in names[i + 1 :]]
+    assert min(gaps) > 10  # every pair of domains differs by more than 10 grey levels in some channel's mean
+    default = binary_samples(2, size=32, seed=3)
+    explicit = binary_samples(2, size=32, seed=3, appearance=SYNTHETIC_DOMAINS["camouflage"])
+    assert all(np.array_equal(a, b) for a, b in zip(default, explicit, strict=True))
+    shadow, mask = binary_samples(4, size=48, seed=0, appearance="shadow")
+    assert shadow[mask == 1].mean() < shadow[mask == 0].mean() - 50  # shadows are dark
+
+
+def test_unknown_synthetic_domain_is_named():
+    with pytest.raises(ValueError, match=r"Unknown synthetic domain 'snow'; expected one of \['camouflage'"):
+        binary_dataset(1, appearance="snow")

@@ -28,14 +28,23 @@ from .preprocessing import (
     sam_collate_fn,
     sam_image_processor,
 )
-from .synthetic import binary_dataset, binary_samples, multiclass_dataset, multiclass_samples
+from .synthetic import (
+    SYNTHETIC_DOMAINS,
+    Appearance,
+    binary_dataset,
+    binary_samples,
+    multiclass_dataset,
+    multiclass_samples,
+)
 
 __all__ = [
     "BENCHMARKS",
     "DEFAULT_AUGMENTATION",
     "DEFAULT_SPLIT_SEED",
     "IGNORE_INDEX",
+    "SYNTHETIC_DOMAINS",
     "TRANS10K_V1_PALETTE",
+    "Appearance",
     "Augmentation",
     "BenchmarkLayout",
     "CacheStats",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from datasets import Dataset
 
@@ -19,12 +21,44 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return rows[:, i0] * (1 - t)[None, :] + rows[:, i0 + 1] * t[None, :]
 
 
-def binary_samples(count: int, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Appearance:
+    """How a generated binary domain looks: per-channel RGB tint ranges (0..1) of the background and of the object,
+    a brightness offset of the object, and the texture scale (grid cells of the smooth noise) of each."""
+
+    background_tint: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.3,) * 3, (0.6,) * 3)
+    object_tint: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.4,) * 3, (0.9,) * 3)
+    object_offset: float = 0.15
+    background_cells: int = 4
+    object_cells: int = 16
+
+
+# Generated domains that differ in appearance, for continual-learning examples: each stands in for a benchmark.
+SYNTHETIC_DOMAINS: dict[str, Appearance] = {
+    # textured object of a similar brightness to its background (camouflage)
+    "camouflage": Appearance(),
+    # smooth light-pink blob on a red, smooth mucosa (polyps)
+    "polyp": Appearance(((0.7, 0.2, 0.2), (0.9, 0.35, 0.3)), ((0.9, 0.5, 0.5), (1.0, 0.6, 0.6)), 0.1, 3, 6),
+    # dark grey region on a bright, finely textured grey surface (shadows)
+    "shadow": Appearance(((0.75, 0.75, 0.75), (0.9, 0.9, 0.9)), ((0.1, 0.1, 0.1), (0.25, 0.25, 0.25)), 0.0, 12, 12),
+    # brown patch on skin tones (skin lesions)
+    "lesion": Appearance(((0.85, 0.65, 0.55), (0.95, 0.75, 0.65)), ((0.4, 0.25, 0.15), (0.55, 0.35, 0.25)), 0.0, 2, 10),
+}
+
+
+def binary_samples(
+    count: int, size: int = 128, seed: int = 0, appearance: Appearance | str = "camouflage"
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` RGB images with one textured ellipse each, and its mask.
 
-    Returns images (count, size, size, 3) uint8 and masks (count, size, size) uint8 in {0, 1}. The object differs
-    from the background in hue and texture scale but not much in brightness, a mild camouflage.
+    Returns images (count, size, size, 3) uint8 and masks (count, size, size) uint8 in {0, 1}. By default the
+    object differs from the background in hue and texture scale but not much in brightness, a mild camouflage;
+    `appearance` (an `Appearance` or a `SYNTHETIC_DOMAINS` name) sets the colours and textures.
     """
+    if isinstance(appearance, str):
+        if appearance not in SYNTHETIC_DOMAINS:
+            raise ValueError(f"Unknown synthetic domain {appearance!r}; expected one of {sorted(SYNTHETIC_DOMAINS)}.")
+        appearance = SYNTHETIC_DOMAINS[appearance]
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -37,9 +71,12 @@ def binary_samples(count: int, size: int = 128, seed: int = 0) -> tuple[np.ndarr
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         mask = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
-        background = _smooth_noise(rng, size, 4)[..., None] * rng.uniform(0.3, 0.6, size=3)
-        foreground = _smooth_noise(rng, size, 16)[..., None] * rng.uniform(0.4, 0.9, size=3)
-        image = np.where(mask[..., None], foreground + 0.15, background) + rng.normal(0, 0.03, (size, size, 3))
+        background = _smooth_noise(rng, size, appearance.background_cells)[..., None]
+        background = background * rng.uniform(*appearance.background_tint, size=3)
+        foreground = _smooth_noise(rng, size, appearance.object_cells)[..., None]
+        foreground = foreground * rng.uniform(*appearance.object_tint, size=3)
+        image = np.where(mask[..., None], foreground + appearance.object_offset, background)
+        image = image + rng.normal(0, 0.03, (size, size, 3))
         images[n] = np.clip(image * 255, 0, 255).astype(np.uint8)
         masks[n] = mask
     return images, masks
@@ -106,12 +143,14 @@ def _as_dataset(
     return dataset.with_transform(decoder)
 
 
-def binary_dataset(count: int, size: int = 128, seed: int = 0, split: str = "train") -> Dataset:
+def binary_dataset(
+    count: int, size: int = 128, seed: int = 0, split: str = "train", appearance: Appearance | str = "camouflage"
+) -> Dataset:
     """`binary_samples` as a `datasets.Dataset` with the loaders' columns `image`, `mask` (0/1), `id`.
 
     Masks are stored as 0/255 PNGs, like the benchmarks', and decoded to 0/1 by the dataset's transform.
     """
-    images, masks = binary_samples(count, size, seed)
+    images, masks = binary_samples(count, size, seed, appearance)
     return _as_dataset(images, masks * 255, "mask", split, SegmentationDecoder(target="mask"))
 
 
