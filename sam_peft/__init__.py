@@ -20,6 +20,8 @@ from .tuners import (
     ConvLoraModel,
     SamAdapterConfig,
     SamAdapterModel,
+    SloraConfig,
+    SloraModel,
     auxiliary_loss,
 )
 
@@ -36,6 +38,8 @@ __all__ = [
     "SamAdapterModel",
     "SamForSemanticSegmentation",
     "SamSemanticSegmentationConfig",
+    "SloraConfig",
+    "SloraModel",
     "__version__",
     "auxiliary_loss",
     "load_encoder_adapter",

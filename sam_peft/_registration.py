@@ -40,7 +40,9 @@ def register_all() -> None:
     from .tuners.cad import CAD, CadConfig, CadModel
     from .tuners.conv_lora import CONV_LORA, ConvLoraConfig, ConvLoraModel
     from .tuners.sam_adapter import SAM_ADAPTER, SamAdapterConfig, SamAdapterModel
+    from .tuners.slora import SLORA, SloraConfig, SloraModel
 
     register_tuner(CONV_LORA, ConvLoraConfig, ConvLoraModel, ConvLoraModel.prefix)
     register_tuner(CAD, CadConfig, CadModel, CadModel.prefix)
     register_tuner(SAM_ADAPTER, SamAdapterConfig, SamAdapterModel, SamAdapterModel.prefix)
+    register_tuner(SLORA, SloraConfig, SloraModel, SloraModel.prefix)

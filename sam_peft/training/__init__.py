@@ -1,6 +1,6 @@
 """The training recipe's library: configuration, builders, loop state, checkpoints, evaluation and pictures."""
 
-from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args
+from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args, parse_config
 from .builders import build_datasets, build_embedding_cache, build_model, ensure_random_base, load_data
 from .checkpoints import (
     load_trained,
@@ -32,6 +32,7 @@ __all__ = [
     "load_trained_weights",
     "model_inputs",
     "parse_args",
+    "parse_config",
     "read_run_file",
     "register_trainable_checkpointing",
     "save_overlays",

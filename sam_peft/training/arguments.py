@@ -66,6 +66,9 @@ class DataArguments:
     hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
     synthetic_train_size: int = field(default=64, metadata={"help": "Synthetic data: training images."})
     synthetic_eval_size: int = field(default=16, metadata={"help": "Synthetic data: evaluation images."})
+    synthetic_appearance: str = field(
+        default="camouflage", metadata={"help": "Synthetic binary data: a sam_peft.data.SYNTHETIC_DOMAINS name."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
@@ -124,27 +127,45 @@ class TrainArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
-    """`[config.yaml] [--key value ...]`: the YAML's values, overridden by the command line.
+def parse_config(
+    classes: tuple[type, ...], argv: list[str] | None = None, structured_keys: tuple[str, ...] = ()
+) -> tuple[tuple, dict]:
+    """`[config.yaml] [--key value ...]` into instances of the dataclasses `classes`: the YAML's values,
+    overridden by the command line.
+
+    `structured_keys` are YAML keys that hold nested values (lists of mappings, ...) rather than fields; they are
+    returned in the second item, untouched, and cannot be given on the command line.
 
     Raises:
-        ValueError: naming any key of the YAML file that is not a field of the three dataclasses.
+        ValueError: naming any key of the YAML file that is neither a field of `classes` nor a structured key.
         FileNotFoundError: when the YAML file does not exist.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(classes)
     defaults: dict = {}
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv.pop(0))
         if not path.is_file():
             raise FileNotFoundError(f"Config file {path} does not exist.")
         defaults = yaml.safe_load(path.read_text()) or {}
-        known = {name for cls in ARGUMENT_CLASSES for name in cls.__dataclass_fields__}
+        known = {name for cls in classes for name in cls.__dataclass_fields__} | set(structured_keys)
         unknown = sorted(set(defaults) - known)
         if unknown:
             raise ValueError(f"Unknown config key(s) in {path}: {', '.join(unknown)}. Valid keys: {sorted(known)}.")
+    structured = {key: defaults.pop(key) for key in structured_keys if key in defaults}
     parser.set_defaults(**defaults)
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    return tuple(parser.parse_args_into_dataclasses(args=argv)), structured
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`).
+
+    Raises:
+        ValueError: naming any key of the YAML file that is not a field of the three dataclasses, or
+            `cache_embeddings` with a method that trains the encoder.
+        FileNotFoundError: when the YAML file does not exist.
+    """
+    (model_args, data_args, train_args), _ = parse_config(ARGUMENT_CLASSES, argv)
     if data_args.cache_embeddings and model_args.method not in FROZEN_ENCODER_METHODS:
         raise ValueError(
             "cache_embeddings needs a method that keeps the image encoder frozen "

@@ -78,7 +78,7 @@ def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
     """The raw splits (columns `image`, `mask` or `label`, `id`) from the source `args` names."""
     if args.benchmark == "synthetic":
         make = binary_dataset if num_labels == 1 else multiclass_dataset
-        extra = {} if num_labels == 1 else {"num_labels": num_labels}
+        extra = {"appearance": args.synthetic_appearance} if num_labels == 1 else {"num_labels": num_labels}
         return DatasetDict(
             {
                 "train": make(args.synthetic_train_size, seed=seed, split="train", **extra),

@@ -4,6 +4,7 @@ from .auxiliary import AuxiliaryLossSlot, auxiliary_loss
 from .cad import CadConfig, CadModel
 from .conv_lora import ConvLoraConfig, ConvLoraModel
 from .sam_adapter import SamAdapterConfig, SamAdapterModel
+from .slora import SloraConfig, SloraModel
 
 __all__ = [
     "AuxiliaryLossSlot",
@@ -13,5 +14,7 @@ __all__ = [
     "ConvLoraModel",
     "SamAdapterConfig",
     "SamAdapterModel",
+    "SloraConfig",
+    "SloraModel",
     "auxiliary_loss",
 ]

@@ -1,0 +1,57 @@
+"""Continual learning of SAM over a stream of domains (SAMCL): `ContinualSam` (one SLoRA module per domain and a
+selector that routes each image), its replay buffer, the module selector, prompted training and the metrics."""
+
+from .buffer import (
+    BASE_DOMAIN,
+    BUFFER_FILE,
+    BlockOutput,
+    CorruptBufferError,
+    EmbeddingBuffer,
+    block_features,
+    embed_patches,
+    encoder_prefix,
+    encoder_suffix,
+    image_bytes,
+    pool_block,
+)
+from .metrics import average_accuracy, continual_metrics, forgetting, forward_transfer, save_accuracy_heatmap
+from .model import CONTINUAL_CONFIG_FILE, ContinualSam, ContinualSamOutput
+from .prompting import (
+    DomainTrainingArguments,
+    evaluate_prompted,
+    prompted_segmentation_loss,
+    sample_point_prompts,
+    train_module,
+)
+from .selector import BASE_CLASS, SELECTOR_CONFIG_FILE, SELECTOR_WEIGHTS_FILE, ModuleSelector
+
+__all__ = [
+    "BASE_CLASS",
+    "BASE_DOMAIN",
+    "BUFFER_FILE",
+    "CONTINUAL_CONFIG_FILE",
+    "SELECTOR_CONFIG_FILE",
+    "SELECTOR_WEIGHTS_FILE",
+    "BlockOutput",
+    "ContinualSam",
+    "ContinualSamOutput",
+    "CorruptBufferError",
+    "DomainTrainingArguments",
+    "EmbeddingBuffer",
+    "ModuleSelector",
+    "average_accuracy",
+    "block_features",
+    "continual_metrics",
+    "embed_patches",
+    "encoder_prefix",
+    "encoder_suffix",
+    "evaluate_prompted",
+    "forgetting",
+    "forward_transfer",
+    "image_bytes",
+    "pool_block",
+    "prompted_segmentation_loss",
+    "sample_point_prompts",
+    "save_accuracy_heatmap",
+    "train_module",
+]

@@ -1,0 +1,257 @@
+"""The SLoRA tuner: one shared down-projection per adapter, per-block up-projections, and point-prompt features."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..base import SamPeftTuner
+from .config import SAM_ATTENTION_TARGET, SloraConfig, default_adapted_blocks
+from .heat_map import points_to_heat_map
+from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState
+
+
+class SloraModel(SamPeftTuner):
+    """Creates a SLoRA model (SAMCL's AugModule) from a transformers `SamModel`, `SamHQModel` or
+    `SamForSemanticSegmentation`.
+
+    The targets are the attention modules of the vision blocks (`vision_encoder.layers.<i>.attn`, by default the last
+    five blocks), each wrapped as a `SloraAttention`; with prompt augmentation the encoder's neck is wrapped once as a
+    `SloraNeck`. Per adapter, the shared down-projection A and the heat-map projection live on this tuner
+    (`slora_A`, `slora_prompt_linear`, `slora_prompt_norm`) and are saved once; saving, loading, several adapters
+    (each with its own A), switching, disabling, deleting and unloading work as for any PEFT method. Merging is
+    refused (see `SloraLayer.merge`).
+
+    Prompts. A forward of the model with `input_points` (and `input_labels`) turns them into the heat map of that
+    forward (`points_to_heat_map`, points in the model's input frame): `model(pixel_values=..., input_points=...,
+    input_labels=...)` just works. Without points (e.g. `SamForSemanticSegmentation`, or `get_image_embeddings`), the
+    heat map is zeros. Code that runs the encoder in pieces sets it explicitly for the span of a `with`:
+
+        >>> tuner = peft_model.base_model
+        >>> encoder = tuner.model.vision_encoder
+        >>> with tuner.prompts(input_points, input_labels):  # or tuner.prompt_heat_map(heat_map)
+        ...     for block in encoder.layers[7:]:
+        ...         hidden_states = block(hidden_states)
+        ...     image_embeddings = encoder.neck(hidden_states)
+        >>> outputs = peft_model(image_embeddings=image_embeddings, input_points=input_points, ...)
+
+    Inside such a block, forwards of the model use the block's heat map, whatever points they get. Outside, the
+    heat map of a forward is dropped when it returns, except in training with activation checkpointing, where it
+    stays until the next forward, because the backward pass recomputes the blocks.
+
+    Example:
+        >>> import sam_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import SamModel
+        >>> sam = SamModel.from_pretrained("facebook/sam-vit-base")
+        >>> model = get_peft_model(sam, sam_peft.SloraConfig())  # r = 10 on blocks 7..11
+        >>> model.print_trainable_parameters()  # 61,524: the paper's 61,304 plus 220 LayerNorm parameters
+    """
+
+    prefix: str = "slora_"
+    tuner_layer_cls = SloraLayer
+    target_module_mapping: ClassVar[dict[str, str]] = {
+        "sam": SAM_ATTENTION_TARGET,
+        "sam_hq": SAM_ATTENTION_TARGET,
+    }
+    uses_shared_state: bool = True
+
+    def _prepare_adapter_config(self, peft_config: SloraConfig, model_config: dict) -> SloraConfig:
+        peft_config = super()._prepare_adapter_config(peft_config, model_config)
+        num_blocks = (model_config.get("vision_config") or {}).get("num_hidden_layers")
+        if num_blocks is None:
+            return peft_config
+        if peft_config.layers_to_transform is None:
+            peft_config.layers_to_transform = default_adapted_blocks(num_blocks)
+        layers = peft_config.layers_to_transform
+        outside = [i for i in ([layers] if isinstance(layers, int) else layers) if not 0 <= i < num_blocks]
+        if outside:
+            raise ValueError(
+                f"SloraConfig.layers_to_transform holds {outside} but the vision encoder has {num_blocks} blocks "
+                f"(0..{num_blocks - 1})."
+            )
+        return peft_config
+
+    def _create_and_replace(
+        self,
+        peft_config: SloraConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs,
+    ) -> None:
+        if not (hasattr(target, "qkv") and hasattr(target, "proj")):
+            raise ValueError(
+                f"SLoRA target {current_key!r} is a {type(target).__name__}; SLoRA wraps the attention module of a "
+                "vision block (`vision_encoder.layers.<i>.attn`, with `qkv` and `proj`). Check `target_modules`."
+            )
+        encoder = self._encoder_of(current_key)
+        state = self._shared_state(encoder)
+        self._add_shared_weights(peft_config, adapter_name, target.qkv.in_features, encoder)
+        if peft_config.prompt_augmentation:
+            self._add_to_neck(peft_config, adapter_name, encoder, state)
+        if isinstance(target, SloraAttention):
+            target.update_layer(adapter_name, peft_config)
+            return
+        new_module = SloraAttention(target, adapter_name, peft_config, state, block=parent)
+        self._insert(parent, target_name, new_module, target, adapter_name)
+
+    def _encoder_of(self, attention_key: str) -> nn.Module:
+        """The vision encoder holding the block of `attention_key` (`<encoder>.layers.<i>.attn`)."""
+        encoder_key, separator, _ = attention_key.rpartition(".layers.")
+        encoder = self.model.get_submodule(encoder_key) if separator else None
+        config = getattr(encoder, "config", None)
+        if not (hasattr(encoder, "neck") and hasattr(config, "image_size") and hasattr(config, "patch_size")):
+            raise ValueError(
+                f"SLoRA target {attention_key!r} is not in a block of a SAM vision encoder (`<encoder>.layers.<i>` "
+                "beside a `neck`, with `image_size` and `patch_size` in its config). Check `target_modules`."
+            )
+        return encoder
+
+    def _shared_state(self, encoder: nn.Module) -> SloraSharedState:
+        """The state shared by this model's SLoRA layers; made (with the prompt hooks) on the first target."""
+        state = self.__dict__.get("_slora_state")
+        if state is not None:
+            return state
+        self.slora_A = nn.ModuleDict({})
+        self.slora_prompt_linear = nn.ModuleDict({})
+        self.slora_prompt_norm = nn.ModuleDict({})
+        grid_size = encoder.config.image_size // encoder.config.patch_size
+        prompt_encoder = getattr(self.model, "prompt_encoder", None)
+        input_size = getattr(prompt_encoder, "input_image_size", encoder.config.image_size)
+        state = SloraSharedState(self.slora_A, self.slora_prompt_linear, self.slora_prompt_norm, grid_size, input_size)
+        self._slora_state = state
+        self._prompt_hooks = [
+            self.model.register_forward_pre_hook(state.capture_prompts, with_kwargs=True),
+            self.model.register_forward_hook(state.release_prompts, with_kwargs=True, always_call=True),
+        ]
+        return state
+
+    def _shared_containers(self) -> tuple[nn.ModuleDict, ...]:
+        if self.__dict__.get("_slora_state") is None:
+            return ()
+        return (self.slora_A, self.slora_prompt_linear, self.slora_prompt_norm)
+
+    def _add_shared_weights(self, config: SloraConfig, adapter_name: str, in_features: int, encoder: nn.Module) -> None:
+        """Create adapter `adapter_name`'s shared A (and heat-map projection) on the first of its targets."""
+        if adapter_name in self.slora_A:
+            return
+        device = next(encoder.parameters()).device
+        down = nn.Linear(in_features, config.r, device=device)
+        nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+        nn.init.zeros_(down.bias)
+        modules = [(self.slora_A, down)]
+        if config.prompt_augmentation:
+            modules.append((self.slora_prompt_linear, nn.Linear(config.r, config.r, device=device)))
+            modules.append((self.slora_prompt_norm, nn.LayerNorm(config.r, device=device)))
+        trainable = adapter_name in self.active_adapters and not config.inference_mode
+        for container, module in modules:
+            container[adapter_name] = module.requires_grad_(trainable)
+
+    def _add_to_neck(self, config: SloraConfig, adapter_name: str, encoder: nn.Module, state: SloraSharedState) -> None:
+        """Wrap the encoder's neck as a `SloraNeck` on its first adapter, and add later adapters to it."""
+        neck = encoder.neck
+        if isinstance(neck, SloraNeck):
+            if adapter_name not in neck.slora_neck_input:
+                neck.update_layer(adapter_name, config)
+            return
+        if not (hasattr(neck, "conv1") and hasattr(neck, "conv2")):
+            raise ValueError(
+                f"SLoRA's prompt augmentation adapts SAM's vision neck (with `conv1` and `conv2`), but the encoder's "
+                f"`neck` is a {type(neck).__name__}. Set `prompt_augmentation=False` for this model."
+            )
+        self._insert(encoder, "neck", SloraNeck(neck, adapter_name, config, state), neck, adapter_name)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        active = {adapter_name} if isinstance(adapter_name, str) else set(adapter_name)
+        for container in self._shared_containers():
+            for name, module in container.items():
+                module.requires_grad_(name in active and not inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for container in self._shared_containers():
+            for name, module in container.items():
+                if name in names:
+                    module.requires_grad_(requires_grad)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        for container in self._shared_containers():
+            if adapter_name in container:
+                del container[adapter_name]
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the image-embedding grid the heat maps are on (64 for SAM at 1024 px)."""
+        return self.__dict__["_slora_state"].grid_size
+
+    @property
+    def prompt_input_size(self) -> int:
+        """Side of the model input that point coordinates refer to (1024 for SAM)."""
+        return self.__dict__["_slora_state"].input_size
+
+    def heat_map_from_points(
+        self, input_points: torch.Tensor, input_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`points_to_heat_map` on this model's geometry: points (B, point_batch, N, 2) -> heat map (B, g, g)."""
+        return points_to_heat_map(input_points, input_labels, self.prompt_input_size, self.grid_size)
+
+    @contextmanager
+    def prompt_heat_map(self, heat_map: torch.Tensor | None) -> Iterator[None]:
+        """Use `heat_map` as every SLoRA layer's heat map inside the `with` block, whatever a forward passes.
+
+        Args:
+            heat_map: `(B, g, g)` (or `(g, g)`, for every image) on the embedding grid (`grid_size`), e.g. from
+                `heat_map_from_points`; None for the zero map (no prompts).
+
+        Blocks nest; the previous heat map is back when the block ends. With activation checkpointing, run backward
+        inside the block: the recomputed blocks read the heat map again.
+        """
+        state = self.__dict__["_slora_state"]
+        if heat_map is not None:
+            heat_map = state.check_heat_map(heat_map)
+        previous = (state.heat_map, state.pinned)
+        state.heat_map, state.pinned = heat_map, True
+        try:
+            yield
+        finally:
+            state.heat_map, state.pinned = previous
+
+    @contextmanager
+    def prompts(self, input_points: torch.Tensor, input_labels: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """`prompt_heat_map(heat_map_from_points(input_points, input_labels))`; yields the heat map (B, g, g).
+
+        Args:
+            input_points: `(B, point_batch, N, 2)` points as (x, y) in the model's input frame (0..1024 for SAM).
+            input_labels: `(B, point_batch, N)` labels (1 positive; others leave no mark); None: all positive.
+        """
+        heat_map = self.heat_map_from_points(input_points, input_labels)
+        with self.prompt_heat_map(heat_map):
+            yield heat_map
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            "SLoRA adapters cannot be merged: the branch runs beside the whole attention module with a LayerNorm "
+            "inside, and its prompt features depend on each image's points, so it is no change of any weight. Use "
+            "the model as is, or `unload()` to remove the adapters and get the original model back."
+        )
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._check_merge_allowed()
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        for handle in self.__dict__.get("_prompt_hooks", []):
+            handle.remove()
+        return super()._unload_and_optionally_merge(merge=False, **kwargs)
