@@ -24,12 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import peft
 import torch
-import transformers
+from _common import run_record
 from peft import get_peft_model
 
-import sam_peft
 from sam_peft._registration import register_tuner
 from sam_peft.data.embedding_cache import EmbeddingCache
 from sam_peft.data.synthetic import binary_samples
@@ -148,15 +146,7 @@ def main() -> None:
     args.output.write_text(
         json.dumps(
             {
-                "benchmark": "cache_speed",
-                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "device": device_name,
-                "versions": {
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "peft": peft.__version__,
-                    "sam_peft": sam_peft.__version__,
-                },
+                **run_record("cache_speed", args, device_name),
                 "results": results,
                 "goal_ratio": 5.0,
             },

@@ -18,13 +18,11 @@ import statistics
 import time
 from pathlib import Path
 
-import peft
 import torch
 import torch.nn.functional as F
-import transformers
+from _common import run_record
 from peft import LoraConfig, get_peft_model
 
-import sam_peft
 from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam, sam_config
 from sam_peft.tuners.conv_lora import SAM_QKV_TARGET
 
@@ -137,15 +135,7 @@ def main() -> None:
         m = median[phase]
         print(f"| {phase} | {m['lora']:.4f} | {m['conv_lora']:.4f} | {ratios[phase]:.3f} | {paper:.2f} |")
     result = {
-        "benchmark": "conv_lora_cost",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "device": device_name,
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "sam_peft": sam_peft.__version__,
-        },
+        **run_record("conv_lora_cost", args, device_name),
         "trainable_parameters": trainable,
         "seconds": {"train_step": train, "inference": infer},
         "median_seconds": median,

@@ -36,12 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import peft
 import torch
-import transformers
+from _common import run_record
 from peft import LoraConfig, get_peft_model
 
-import sam_peft
 from sam_peft._registration import register_tuner
 from sam_peft.data.embedding_cache import EmbeddingCache
 from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, sam_config
@@ -199,16 +197,8 @@ def main() -> None:
     args.output.write_text(
         json.dumps(
             {
-                "benchmark": "memory",
-                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+                **run_record("memory", args, device_name, skip=("worker",)),
                 "measure": kind,
-                "device": device_name,
-                "versions": {
-                    "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "peft": peft.__version__,
-                    "sam_peft": sam_peft.__version__,
-                },
                 "results": results,
                 "ratios": ratios,
                 "goals": {"cad/lora": 0.35, "cad/sam_adapter": PAPER_CAD_OVER_SAM_ADAPTER},

@@ -212,6 +212,9 @@ class ContinualSam(nn.Module):
         if domain not in self.peft_model.peft_config:
             raise ValueError(f"No module for domain {domain!r}; learned: {self.domains}.")
         previous = self.peft_model.active_adapter
+        if domain == previous:  # already active: switching walks every module for nothing
+            yield
+            return
         self.peft_model.base_model.set_adapter(domain, inference_mode=True)
         try:
             yield
@@ -247,9 +250,13 @@ class ContinualSam(nn.Module):
             domains = self.selector.predict_domains(prefix.features)
         elif len(domains) != pixel_values.shape[0]:
             raise ValueError(f"Got {len(domains)} domains for {pixel_values.shape[0]} images.")
+        groups = dict.fromkeys(domains)
         embeddings: Tensor | None = None
-        for domain in dict.fromkeys(domains):
-            index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=pixel_values.device)
+        for domain in groups:
+            if len(groups) == 1:  # one module for the whole batch: no gathering or scattering
+                index = slice(None)
+            else:
+                index = torch.tensor([i for i, d in enumerate(domains) if d == domain], device=pixel_values.device)
             prompts = nullcontext()
             if domain is not None and input_points is not None:
                 prompts = self.peft_model.base_model.prompts(
@@ -257,6 +264,8 @@ class ContinualSam(nn.Module):
                 )
             with self.use_module(domain), prompts:
                 group = encoder_suffix(self.vision_encoder, prefix.hidden_states[index], self.feature_block)
+            if len(groups) == 1:
+                return group, domains
             if embeddings is None:
                 embeddings = group.new_empty((len(domains), *group.shape[1:]))
             embeddings[index] = group
