@@ -5,7 +5,9 @@ For each method two identical models train on the same small generated dataset (
 its frozen encoder every step, the other reads the encoder's output from an `EmbeddingCache` (float16 on disk,
 filled during its first epoch, keyed by a hash of each image's pixel values). After both first epochs, epochs of
 the two alternate (A B A B ...) and the median of each is reported (benchmarks/README.md). CAD's adapter always
-runs (at its own 512 px x 256 channels), cached or not: it is what a cached CAD epoch still costs.
+runs (at its own 512 px x 256 channels), cached or not: it is what a cached CAD epoch still costs. Each method
+also reports the floating-point operations of one training step with and without the cache (torch's
+FlopCounterMode): their ratio is the most the cache could gain if time followed arithmetic.
 
     python benchmarks/cache_speed.py                                  # CPU: ViT-B, SAM input 512 px, batch 2
     python benchmarks/cache_speed.py --image-size 1024 --images 2 --batch-size 1
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from _common import run_record
 from peft import get_peft_model
+from torch.utils.flop_counter import FlopCounterMode
 
 from sam_peft._registration import register_tuner
 from sam_peft.data.embedding_cache import EmbeddingCache
@@ -99,13 +102,25 @@ def measure(method: str, batches, args: argparse.Namespace, cache_dir: Path) -> 
         times["without_cache"].append(plain.epoch(batches))
         times["with_cache"].append(cached.epoch(batches))
     median = {name: statistics.median(values) for name, values in times.items()}
+    flops = {"without_cache": step_flops(plain, batches[:1]), "with_cache": step_flops(cached, batches[:1])}
     return {
         "first_epoch_seconds": first,
         "later_epoch_seconds": times,
         "median_seconds": median,
         "ratio": median["without_cache"] / median["with_cache"],
+        "training_step_flops": flops,
+        # what the cache can save at best if time followed arithmetic: the encoder's share of a training step
+        "flop_ratio": flops["without_cache"] / flops["with_cache"],
         "cache_stats": vars(cached.cache.stats),
     }
+
+
+def step_flops(trainer: Trainer, batches) -> int:
+    """Floating-point operations of one training step (forward, backward; matmuls and convolutions), counted by
+    torch's FlopCounterMode on the same inputs."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.epoch(batches)
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -134,13 +149,16 @@ def main() -> None:
         f"\nEpoch time with / without the embedding cache, {args.variant}, SAM input {args.image_size} px, "
         f"{args.images} images, batch {args.batch_size}, {device_name}"
     )
-    print("| method | 1st epoch, no cache s | 1st epoch, filling s | later, no cache s | later, cached s | ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| method | 1st epoch, no cache s | 1st epoch, filling s | later, no cache s | later, cached s | ratio | "
+        "step FLOPs no cache / cached |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for method, r in results.items():
         first, median = r["first_epoch_seconds"], r["median_seconds"]
         print(
             f"| {method} | {first['without_cache']:.2f} | {first['with_cache_filling']:.2f} | "
-            f"{median['without_cache']:.2f} | {median['with_cache']:.2f} | {r['ratio']:.2f} |"
+            f"{median['without_cache']:.2f} | {median['with_cache']:.2f} | {r['ratio']:.2f} | {r['flop_ratio']:.2f} |"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
