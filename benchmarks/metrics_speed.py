@@ -4,12 +4,15 @@
 from PNG files. PySODMetrics steps through the images one by one with numpy (its normal use), once for S-alpha,
 E-phi, weighted F and MAE (the benchmark row of benchmarks.md) and once for the whole set our module returns (plus
 F-measure, IoU, Dice, accuracy, BER). Ours gets the same images as one (B, H, W) tensor and always computes the
-whole set (`SODMetrics`, what the evaluate module runs), so the four-metric ratio is a lower bound. Runs alternate
-A B C A B C after a warm-up and the medians are reported (benchmarks.md). Ours runs with `--threads` torch threads
-(default 1, like numpy here) plus the one helper thread in which `SODMetrics` runs scipy's feature transform. The
-last line printed is the four-metric ratio, then the whole-set ratio.
+whole set (`SODMetrics`, what the evaluate module runs), so the four-metric ratio is a lower bound. With
+`--dtype float32` (or float64) ours gets the maps as probabilities `map / 255`, as a model's output would be,
+which takes its per-pixel path instead of the 256-level histograms of uint8 maps; PySODMetrics still reads the
+uint8 maps (float32 rounding moves the values by about 1e-8). Runs alternate A B C A B C after a warm-up and
+the medians are reported (benchmarks.md). Both run on one thread: numpy here, and `--threads` torch threads
+(default 1) for ours. The last line printed is the four-metric ratio, then the whole-set ratio.
 
     python benchmarks/metrics_speed.py
+    python benchmarks/metrics_speed.py --dtype float32
     python benchmarks/metrics_speed.py --device cuda --threads 16
 """
 
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("uint8", "float32", "float64"), default="uint8", help="ours' maps")
     parser.add_argument("--output", default="benchmarks/results/metrics_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -105,6 +109,8 @@ def main() -> None:
 
     preds_np, gts_np = make_images(args.images, args.size)
     preds, gts = torch.from_numpy(preds_np).to(args.device), torch.from_numpy(gts_np).to(args.device)
+    if args.dtype != "uint8":
+        preds = (preds.to(torch.float64) / 255).to(getattr(torch, args.dtype))
     four, whole, mine = "pysodmetrics (S, E, wF, MAE)", "pysodmetrics (whole set)", "ours, SODMetrics (whole set)"
     runs = {
         four: lambda: pysod_four(preds_np, gts_np),
@@ -120,7 +126,10 @@ def main() -> None:
             times[name].append(timed(fn, args.device))
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.images} images of {args.size} x {args.size}, device {args.device}, torch threads {args.threads}")
+    print(
+        f"{args.images} images of {args.size} x {args.size}, {args.dtype} maps for ours, device {args.device}, "
+        f"torch threads {args.threads}"
+    )
     print(f"{'run':32s} {'median s':>9s} {'ms / image':>11s}")
     for name, median in medians.items():
         print(f"{name:32s} {median:9.3f} {median / args.images * 1e3:11.3f}")
@@ -135,6 +144,7 @@ def main() -> None:
         "images": args.images,
         "size": args.size,
         "device": args.device,
+        "dtype": args.dtype,
         "torch_threads": args.threads,
         "chunk_size": args.chunk_size,
         "repeats": args.repeats,

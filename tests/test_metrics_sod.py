@@ -236,12 +236,14 @@ def test_reference_is_nan_where_we_drop_empty_regions():
 
 
 @pytest.mark.slow
-def test_full_resolution_images_equal_pysodmetrics():
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_full_resolution_images_equal_pysodmetrics(dtype):
     rng = np.random.default_rng(3)
     cases = []
     for radius in (4, 40, 150):
         gt = _disk(352, 352, rng.integers(60, 290, 2), radius)
-        pred = (np.clip(0.7 * gt + 0.4 * rng.random((352, 352)), 0, 1) * 255).astype(np.uint8)
+        pred = np.clip(0.7 * gt + 0.4 * rng.random((352, 352)), 0, 1)
+        pred = (pred * 255).astype(np.uint8) if dtype == np.uint8 else pred.astype(dtype)
         cases.append((pred, (gt * 255).astype(np.uint8)))
     expected, _ = pysod_results(cases)
     results = compute_sod_metrics(*_torch_cases(cases))
@@ -294,12 +296,101 @@ def test_nearest_foreground_breaks_ties_like_scipy():
         assert divmod(int(index[b, row, col]), int(width)) == (best[1], best[0])
 
 
-def test_torch_feature_transform_in_the_pipeline(cases, monkeypatch):
-    """Off the CPU, `SODMetrics` uses the torch transform; here it is forced on CPU tensors."""
+def test_device_code_paths_in_the_pipeline(cases, monkeypatch):
+    """Off the CPU, `SODMetrics` uses the batched weighted F with the torch transform and the torch per-pixel
+    statistics of float maps; here they are forced on CPU tensors."""
     preds, refs = _torch_cases(cases)
     expected = compute_sod_metrics(preds, refs)
+    monkeypatch.setattr(sod_module.SODMetrics, "_uses_host", staticmethod(lambda device: False))
     monkeypatch.setattr(sod_module, "nearest_foreground", lambda gt, scratch=None: nearest_foreground_torch(gt))
+    monkeypatch.setattr(sod_module, "_pixel_statistics_host", sod_module._pixel_statistics_torch)
     assert compute_sod_metrics(preds, refs) == pytest.approx(expected, abs=1e-12)
+
+
+def _random_masks(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+    """(count, H, W) bool masks of a few disks and rectangles, some on the border, some single pixels."""
+    masks = np.zeros((count, height, width), dtype=bool)
+    for mask in masks:
+        for _ in range(rng.integers(1, 4)):
+            kind = rng.integers(3)
+            if kind == 0:
+                mask |= _disk(height, width, rng.integers(-3, [height + 3, width + 3]), rng.integers(1, 12))
+            elif kind == 1:
+                top, left = rng.integers(0, [height, width])
+                mask[top : top + rng.integers(1, 15), left : left + rng.integers(1, 15)] = True
+            else:
+                mask[rng.integers(height), rng.integers(width)] = True
+        mask[rng.integers(height), rng.integers(width)] = True
+    return masks
+
+
+def test_weighted_f_sums_of_one_image_equal_the_batched_sums():
+    """The CPU path's per-image sums (smoothing only the foreground's box, decay looked up from squared
+    distances) equal the batched torch sums over whole images, also for objects on the border."""
+    rng = np.random.default_rng(4)
+    for height, width in [(40, 40), (23, 57), (64, 31)]:
+        gt = torch.from_numpy(_random_masks(rng, 6, height, width))
+        error = torch.rand(gt.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(height))
+        g = gt.to(torch.float64)
+        batched = sod_module._weighted_f_sums(error, g, nearest_foreground_torch(gt), sod_module.Scratch())
+        row_counts, col_counts = sod_module._foreground_counts(gt)
+        boxes = sod_module._foreground_boxes(row_counts, col_counts).tolist()
+        scratch = sod_module.Scratch()
+        for b in range(len(gt)):
+            host = sod_module._weighted_f_sums_host(error[b], None, gt[b], boxes[b], scratch)
+            np.testing.assert_allclose(host, batched[b].numpy(), rtol=1e-12, atol=0)
+
+
+def test_level_histograms_give_the_statistics_of_the_pixels():
+    """uint8 and bool maps take the histogram path; it equals the per-pixel path on the same values."""
+    rng = np.random.default_rng(5)
+    for height, width in [(31, 17), (8, 45)]:
+        gt = torch.from_numpy(_random_masks(rng, 5, height, width))
+        gt[0] = False  # empty
+        gt[1] = True  # full
+        levels = torch.from_numpy(rng.integers(0, 256, (5, height, width), dtype=np.uint8))
+        levels[2] = 37  # constant
+        levels[3] = torch.where(gt[3], 200, 0).to(torch.uint8)  # exact zeros outside the object
+        for normalize in (True, False):
+            for maps, values in ((levels, torch.arange(256) / 255), (levels > 99, (torch.arange(256) > 0).double())):
+                stats, errors = sod_module.level_statistics(maps, values, gt, normalize=normalize)
+                raw = values.to(torch.float64)[maps.to(torch.int64)]
+                for expected_stats, expected_errors in (
+                    sod_module._pixel_statistics_torch(
+                        raw.clone(), gt, normalize, 0.5, sod_module.Scratch(), raw.clone()
+                    ),
+                    sod_module._pixel_statistics_host(
+                        raw.clone(), gt, normalize, 0.5, sod_module.Scratch(), raw.clone()
+                    ),
+                ):
+                    for name in ("counts", "adaptive", "curve", "n_fg"):
+                        torch.testing.assert_close(getattr(stats, name), getattr(expected_stats, name), rtol=0, atol=0)
+                    for name in ("s_alpha", "error_sum"):
+                        torch.testing.assert_close(
+                            getattr(stats, name), getattr(expected_stats, name), rtol=1e-12, atol=1e-12
+                        )
+                    torch.testing.assert_close(errors.dense(), expected_errors.dense(), rtol=0, atol=0)
+                    assert torch.equal(errors.boxes, expected_errors.boxes)
+                    assert torch.equal(errors.has_fg, expected_errors.has_fg)
+
+
+def test_uint8_and_float_maps_give_the_same_values(cases):
+    rng = np.random.default_rng(6)
+    preds = [torch.from_numpy(rng.integers(0, 256, (35, 29), dtype=np.uint8)) for _ in range(7)]
+    preds += [torch.from_numpy(p) for p, _ in cases if p.dtype == np.uint8]
+    refs = [torch.from_numpy(_random_masks(rng, 1, 35, 29)[0]) for _ in range(7)]
+    refs += [torch.from_numpy(r) for p, r in cases if p.dtype == np.uint8]
+    for normalize in (True, False):
+        as_uint8 = compute_sod_metrics(preds, refs, normalize=normalize)
+        as_float = compute_sod_metrics([p.to(torch.float64) / 255 for p in preds], refs, normalize=normalize)
+        assert as_uint8 == pytest.approx(as_float, abs=1e-12)
+
+
+def test_reductions_in_several_parts_give_the_same_values(cases, monkeypatch):
+    preds, refs = _torch_cases(cases)
+    expected = compute_sod_metrics(preds, refs, chunk_size=2)
+    monkeypatch.setattr(sod_module, "_IMAGES_PER_REDUCTION", 3)
+    assert compute_sod_metrics(preds, refs, chunk_size=2) == pytest.approx(expected, abs=1e-12)
 
 
 def test_inputs_of_several_sizes_dtypes_and_containers(cases):
@@ -325,6 +416,13 @@ def test_streaming_equals_one_shot(cases):
     streamed = metrics.compute()
     assert streamed == pytest.approx(compute_sod_metrics(preds, refs), abs=1e-12)
     assert metrics.num_images == len(preds)
+
+
+def test_predictions_that_require_grad(cases):
+    preds, refs = _torch_cases(cases)
+    preds = [p.float().requires_grad_() if p.is_floating_point() else p for p in preds]
+    expected = compute_sod_metrics([p.detach() for p in preds], refs)
+    assert compute_sod_metrics(preds, refs) == pytest.approx(expected, abs=1e-12)
 
 
 def test_normalize_predictions_is_per_image_min_max():

@@ -5,14 +5,17 @@ the error at that pixel. Which of several equidistant foreground pixels counts a
 result; the reference (PySODMetrics, through `scipy.ndimage.distance_transform_edt`, Maurer et al.'s
 algorithm) takes the one with the smallest column and then the smallest row. Both versions below follow
 that rule exactly:
-- on CPU, scipy itself (which releases the GIL, so `SODMetrics` runs it beside the torch work); an exact
-  transform in torch ops is far slower than scipy's C code on CPU, because its row pass (the lower envelope
-  of parabolas) is sequential, and brute force costs a pass over all columns per pixel;
+- on CPU, scipy itself, image by image (`feature_transform_host`); an exact transform in torch or numpy ops is
+  far slower than scipy's C code on CPU, because its row pass (the lower envelope of parabolas) is sequential,
+  and brute force costs a pass over all columns per pixel. Its time grows with the number of columns that hold
+  foreground (the sites of the row pass);
 - on other devices, an exact torch version (column pass by cumulative max/min, row pass by brute force over
   the columns, chunked), which keeps the masks on the device.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from scipy.ndimage import distance_transform_edt
 from ._scratch import Scratch
 
 _ROW_PASS_ELEMENTS = 1 << 25  # elements of one (rows, W, W) chunk of the brute-force row pass
+_CPU = torch.device("cpu")
 
 
 def nearest_foreground(gt: torch.Tensor, scratch: Scratch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,27 +45,46 @@ def nearest_foreground(gt: torch.Tensor, scratch: Scratch | None = None) -> tupl
     return nearest_foreground_torch(gt)
 
 
+def feature_transform_host(gt: np.ndarray, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest foreground pixel of every pixel of one mask, with scipy, and the squared distance to it.
+
+    Args:
+        gt: (H, W) bool mask with at least one foreground pixel.
+        scratch: work tensors to reuse (the results are among them, overwritten by the next call).
+
+    Returns:
+        features: (2, H, W) int32 row and column of the nearest foreground pixel.
+        squared: (H, W) int32 squared Euclidean distance to it (exact: scipy takes the square roots of the
+            same integers).
+    """
+    height, width = gt.shape
+    features = scratch.get("features", (2, height, width), torch.int32, _CPU)
+    squared = scratch.get("squared", (height, width), torch.int32, _CPU)
+    col_offset = scratch.get("col_offset", (height, width), torch.int32, _CPU)
+    background = np.logical_not(gt, out=scratch.get("background", (height, width), torch.bool, _CPU).numpy())
+    distance_transform_edt(background, return_distances=False, return_indices=True, indices=features.numpy())
+    torch.sub(features[0], _arange(height).view(height, 1), out=squared)
+    squared.mul_(squared)
+    torch.sub(features[1], _arange(width), out=col_offset)
+    return features.numpy(), squared.addcmul_(col_offset, col_offset).numpy()
+
+
+@functools.cache
+def _arange(size: int) -> torch.Tensor:
+    """int32 0, 1, ..., size - 1 on the CPU (shared: never modified)."""
+    return torch.arange(size, dtype=torch.int32)
+
+
 def _nearest_foreground_scipy(gt: torch.Tensor, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, height, width = gt.shape
+    width = gt.shape[2]
     index = scratch.like("nearest_index", gt, torch.int64)
     distance = scratch.like("nearest_distance", gt, torch.float64)
-    features = scratch.get("features", (batch, 2, height, width), torch.int32, gt.device).numpy()
-    offsets = scratch.get("feature_offsets", (2, height, width), torch.int32, gt.device).numpy()
-    background = (~gt).numpy()
     index_np, distance_np = index.numpy(), distance.numpy()
-    rows = np.arange(height, dtype=np.int32).reshape(height, 1)
-    cols = np.arange(width, dtype=np.int32).reshape(1, width)
-    for b in range(batch):
-        feature_row, feature_col = features[b]
-        distance_transform_edt(background[b], return_distances=False, return_indices=True, indices=features[b])
+    for b, mask in enumerate(gt.numpy()):
+        (feature_row, feature_col), squared = feature_transform_host(mask, scratch)
         np.multiply(feature_row, width, out=index_np[b])
         np.add(index_np[b], feature_col, out=index_np[b])
-        # Squared distances are exact in int32; scipy takes the same square roots.
-        np.subtract(feature_row, rows, out=offsets[0])
-        np.subtract(feature_col, cols, out=offsets[1])
-        np.multiply(offsets, offsets, out=offsets)
-        np.add(offsets[0], offsets[1], out=offsets[0])
-        np.sqrt(offsets[0], out=distance_np[b])
+        np.sqrt(squared, out=distance_np[b])
     return index, distance
 
 

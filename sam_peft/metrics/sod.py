@@ -13,6 +13,21 @@ which the tests compare every value:
 - F-measure: Achanta et al., "Frequency-tuned salient region detection", CVPR 2009.
 - MAE: Perazzi et al., "Saliency filters", CVPR 2012.
 
+How `SODMetrics` computes them, a chunk of images at a time (on CPU, where its speed matters most, about
+three fifths of the time goes into scipy's feature transform for the weighted F, the same call the reference
+makes):
+- uint8 (and bool) predictions take one of 256 levels, so everything but the weighted F comes from one joint
+  histogram per image of (S-alpha quadrant, ground truth, level) (`level_histograms`): a single counting pass
+  over the pixels. The reference's per-pixel arithmetic (normalisation, `uint8(pred * 255)`, thresholds) is
+  applied to the 256 level values, so only the order of summation differs.
+- floating point predictions: on CPU with numpy, whose comparisons are several times faster than torch's, and
+  one histogram per image for the binary, adaptive and 256-threshold counts; elsewhere with the batched
+  per-pixel functions below (`pixel_statistics`).
+- weighted F on CPU: image by image with scipy's feature transform, the decay weights looked up from the exact
+  integer squared distances, and the Gaussian smoothing only over the foreground's bounding box, the only
+  place where the smoothed error is used. On other devices: batched torch (`weighted_f_measure`).
+- the per-image values of up to a few hundred images are then reduced together.
+
 Deliberate differences from PySODMetrics:
 - S-alpha: when the ground-truth centroid falls on the last row or column, one of the four regions is empty
   and PySODMetrics (like the MATLAB code) returns NaN for the image, which turns the dataset mean into NaN.
@@ -24,17 +39,21 @@ Deliberate differences from PySODMetrics:
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.ndimage import correlate1d
 
-from ._distance import nearest_foreground
+from ._distance import feature_transform_host, nearest_foreground
 from ._inputs import first_failing, group_by_size
 from ._scratch import Scratch
 
 EPS = 2.220446049250313e-16  # numpy.spacing(1), the epsilon of the reference code
 NUM_THRESHOLDS = 256
+NUM_LEVELS = 256  # values of a uint8 prediction
+_GAUSSIAN_RADIUS = 3  # of the 7 x 7 Gaussian of the weighted F-measure
 
 
 def normalize_predictions(pred: torch.Tensor) -> torch.Tensor:
@@ -134,27 +153,61 @@ def s_measure(pred: torch.Tensor, gt: torch.Tensor, alpha: float = 0.5) -> torch
 def _s_measure(pred: torch.Tensor, g: torch.Tensor, alpha: float, scratch: Scratch) -> torch.Tensor:
     """`s_measure` with the ground truth `g` as (B, H, W) float64 0/1."""
     height, width = pred.shape[1:]
-    area = height * width
     pp = torch.mul(pred, pred, out=scratch.like("pred_squared", pred))
     pg = torch.mul(pred, g, out=scratch.like("pred_fg", pred))
-
-    # MATLAB's 1-based centroid: rows [0, cy) and columns [0, cx) form the top-left quadrant.
-    col_index = torch.arange(width, device=pred.device, dtype=pred.dtype)
-    row_index = torch.arange(height, device=pred.device, dtype=pred.dtype)
     col_counts = g.sum(dim=1)
     n_fg = col_counts.sum(dim=1)
-    safe_n_fg = n_fg.clamp(min=1)
-    cx = torch.round((col_counts * col_index).sum(dim=1) / safe_n_fg) + 1
-    left = (col_index < cx[:, None]).to(pred.dtype)
+    cx = _centroid(col_counts, n_fg)
+    left = (torch.arange(width, device=pred.device, dtype=pred.dtype) < cx[:, None]).to(pred.dtype)
     g_split = _split_rows(g, left)
-    cy = torch.round((g_split.sum(dim=2) * row_index).sum(dim=1) / safe_n_fg) + 1
-    top = row_index < cy[:, None]
+    cy = _centroid(g_split.sum(dim=2), n_fg)
+    top = torch.arange(height, device=pred.device, dtype=pred.dtype) < cy[:, None]
     rows = torch.stack([top, ~top], dim=1).to(pred.dtype)
+    sums = QuadrantSums(
+        n=rows.sum(dim=2)[:, :, None] * torch.stack([cx, width - cx], dim=1)[:, None, :],
+        p=rows @ _split_rows(pred, left),
+        pp=rows @ _split_rows(pp, left),
+        g=rows @ g_split,
+        pg=rows @ _split_rows(pg, left),
+        fg_pp=_dot(pp, g),
+    )
+    return _s_measure_from_sums(sums, n_fg, cx, cy, (height, width), alpha)
 
-    n = rows.sum(dim=2)[:, :, None] * torch.stack([cx, width - cx], dim=1)[:, None, :]
-    sum_p, sum_pp, sum_pg = (rows @ _split_rows(x, left) for x in (pred, pp, pg))
-    sum_g = rows @ g_split
-    ssim = _ssim(n, sum_p, sum_pp, sum_g, sum_pg)
+
+def _centroid(counts: torch.Tensor, n_fg: torch.Tensor) -> torch.Tensor:
+    """MATLAB's 1-based rounded centroid along one axis, from the (B, L) foreground pixels of each row (or
+    column) and their (B,) total: (B,) float64. Indices below it form the top (or left) quadrants."""
+    index = torch.arange(counts.shape[1], device=counts.device, dtype=torch.float64)
+    return torch.round((counts.to(torch.float64) * index).sum(dim=1) / n_fg.clamp(min=1)) + 1
+
+
+@dataclass
+class QuadrantSums:
+    """S-alpha's statistics of the four quadrants around the ground-truth centroid.
+
+    Attributes:
+        n, p, pp, g, pg: (B, 2, 2) float64 sums over each quadrant ([top, bottom] x [left, right]) of 1 (the
+            pixel count), the prediction, its square, the ground truth and the prediction in the foreground.
+        fg_pp: (B,) float64 sum of the squared prediction over the foreground.
+    """
+
+    n: torch.Tensor
+    p: torch.Tensor
+    pp: torch.Tensor
+    g: torch.Tensor
+    pg: torch.Tensor
+    fg_pp: torch.Tensor
+
+
+def _s_measure_from_sums(
+    sums: QuadrantSums, n_fg: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, shape: tuple[int, int], alpha: float
+) -> torch.Tensor:
+    """S-alpha (B,) float64 from the quadrant sums, the (B,) foreground pixel counts, the centroid (`_centroid`)
+    and the image size (H, W)."""
+    height, width = shape
+    area = height * width
+    n_fg = n_fg.to(torch.float64)
+    ssim = _ssim(sums.n, sums.p, sums.pp, sums.g, sums.pg)
     w_lt = cx * cy / area
     w_rt = cy * (width - cx) / area
     w_lb = (height - cy) * cx / area
@@ -162,14 +215,13 @@ def _s_measure(pred: torch.Tensor, g: torch.Tensor, alpha: float, scratch: Scrat
     region = ssim[:, 0, 0] * w_lt + ssim[:, 0, 1] * w_rt + ssim[:, 1, 0] * w_lb + ssim[:, 1, 1] * w_rb
 
     # Object score: statistics of pred in the foreground and of 1 - pred in the background.
-    total_p, total_pp, total_pg = sum_p.sum(dim=(1, 2)), sum_pp.sum(dim=(1, 2)), sum_pg.sum(dim=(1, 2))
-    total_ppg = _dot(pp, g)
+    total_p, total_pp, total_pg = sums.p.sum(dim=(1, 2)), sums.pp.sum(dim=(1, 2)), sums.pg.sum(dim=(1, 2))
     n_bg = area - n_fg
     bg_p = total_p - total_pg
     sum_bg = n_bg - bg_p
-    sum_squares_bg = n_bg - 2 * bg_p + (total_pp - total_ppg)
+    sum_squares_bg = n_bg - 2 * bg_p + (total_pp - sums.fg_pp)
     fg_ratio = n_fg / area
-    object_score = _object_score(total_pg / safe_n_fg, total_ppg, n_fg) * fg_ratio + _object_score(
+    object_score = _object_score(total_pg / n_fg.clamp(min=1), sums.fg_pp, n_fg) * fg_ratio + _object_score(
         sum_bg / n_bg.clamp(min=1), sum_squares_bg, n_bg
     ) * (1 - fg_ratio)
 
@@ -279,15 +331,19 @@ def e_measure(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch
         Like the reference, the alignment sum is divided by (H W - 1), so a perfect map scores
         H W / (H W - 1), slightly above 1.
     """
-    return _e_measure(adaptive_counts(pred, gt), threshold_histograms(pred, gt), gt)
+    return _e_measure(adaptive_counts(pred, gt), threshold_histograms(pred, gt), _count(gt), gt.shape[1] * gt.shape[2])
 
 
 def _e_measure(
-    adaptive: tuple[torch.Tensor, torch.Tensor], curve: tuple[torch.Tensor, torch.Tensor], gt: torch.Tensor
+    adaptive: tuple[torch.Tensor, torch.Tensor],
+    curve: tuple[torch.Tensor, torch.Tensor],
+    n_fg: torch.Tensor,
+    n_total: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n_total = gt.shape[1] * gt.shape[2]
-    n_fg = _count(gt)[:, None]
-    scores = [_enhanced_alignment_sum(*counts, n_fg, n_total) / (n_total - 1 + EPS) for counts in (adaptive, curve)]
+    """`e_measure` from `adaptive_counts`, `threshold_histograms`, the (B,) foreground pixels and the image size."""
+    scores = [
+        _enhanced_alignment_sum(*counts, n_fg[:, None], n_total) / (n_total - 1 + EPS) for counts in (adaptive, curve)
+    ]
     return scores[0][:, 0], scores[1]
 
 
@@ -313,18 +369,347 @@ def f_measure(pred: torch.Tensor, gt: torch.Tensor, beta2: float = 0.3) -> tuple
         adaptive: (B,) float64, F at the adaptive threshold.
         curve: (B, 256) float64, F at the thresholds 255, 254, ..., 0.
     """
-    return _f_measure(adaptive_counts(pred, gt), threshold_histograms(pred, gt), gt, beta2)
+    return _f_measure(adaptive_counts(pred, gt), threshold_histograms(pred, gt), _count(gt), beta2)
 
 
 def _f_measure(
     adaptive: tuple[torch.Tensor, torch.Tensor],
     curve: tuple[torch.Tensor, torch.Tensor],
-    gt: torch.Tensor,
+    n_fg: torch.Tensor,
     beta2: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n_fg = _count(gt)[:, None]
-    scores = [_f_from_counts(fg_fg, fg_fg + fg_bg, n_fg, beta2) for fg_fg, fg_bg in (adaptive, curve)]
+    """`f_measure` from `adaptive_counts`, `threshold_histograms` and the (B,) foreground pixels."""
+    scores = [_f_from_counts(fg_fg, fg_fg + fg_bg, n_fg[:, None], beta2) for fg_fg, fg_bg in (adaptive, curve)]
     return scores[0][:, 0], scores[1]
+
+
+def concatenate_images(parts: list):
+    """Per-image statistics of several batches (instances of one dataclass whose fields are tensors or tuples of
+    tensors, images along dim 0), concatenated field by field into one instance."""
+    if len(parts) == 1:
+        return parts[0]
+    values = {}
+    for field in fields(parts[0]):
+        items = [getattr(part, field.name) for part in parts]
+        if isinstance(items[0], tuple):
+            values[field.name] = tuple(torch.cat(group) for group in zip(*items, strict=True))
+        else:
+            values[field.name] = torch.cat(items)
+    return type(parts[0])(**values)
+
+
+@dataclass
+class BatchStatistics:
+    """What `SODMetrics` keeps of every image of a batch, apart from the weighted F-measure.
+
+    Attributes:
+        counts: (B, 4) int64 TP, FP, FN, TN of the raw prediction at the binary threshold.
+        adaptive: pair of (B, 1) int64 counts at the adaptive threshold (`adaptive_counts`).
+        curve: pair of (B, 256) int64 counts at the 256 thresholds (`threshold_histograms`).
+        n_fg: (B,) int64 foreground pixels.
+        s_alpha: (B,) float64.
+        error_sum: (B,) float64 sum of |pred - gt| (H W times the MAE).
+    """
+
+    counts: torch.Tensor
+    adaptive: tuple[torch.Tensor, torch.Tensor]
+    curve: tuple[torch.Tensor, torch.Tensor]
+    n_fg: torch.Tensor
+    s_alpha: torch.Tensor
+    error_sum: torch.Tensor
+
+
+@dataclass
+class ErrorMaps:
+    """The error |pred - gt| of a batch, for the weighted F-measure.
+
+    Attributes:
+        values: (B, H, W) float64 errors, or, with `table`, int32 indices into it.
+        table: (K,) float64 error values, or None.
+        boxes: (B, 4) int64 first and last row and first and last column with foreground.
+        has_fg: (B,) bool, whether the image has foreground.
+    """
+
+    values: torch.Tensor
+    table: torch.Tensor | None
+    boxes: torch.Tensor
+    has_fg: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """(B, H, W) float64 errors."""
+        return self.values if self.table is None else self.table[self.values]
+
+
+def _foreground_counts(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground pixels of every row and every column of (B, H, W) bool masks: (B, H) and (B, W) int32."""
+    if gt.device.type == "cpu":  # numpy sums the bytes without first converting the whole mask
+        gt_bytes = gt.numpy().view(np.uint8)
+        return torch.from_numpy(gt_bytes.sum(axis=2, dtype=np.int32)), torch.from_numpy(
+            gt_bytes.sum(axis=1, dtype=np.int32)
+        )
+    gt_bytes = gt.view(torch.uint8)
+    return gt_bytes.sum(dim=2, dtype=torch.int32), gt_bytes.sum(dim=1, dtype=torch.int32)
+
+
+def _foreground_boxes(row_counts: torch.Tensor, col_counts: torch.Tensor) -> torch.Tensor:
+    """(B, 4) int64 first and last row and first and last column with foreground, from the (B, H) and (B, W)
+    foreground pixels of every row and column (0, H - 1, 0, W - 1 for empty masks)."""
+    rows, cols = (row_counts > 0).to(torch.uint8), (col_counts > 0).to(torch.uint8)
+    first_row, first_col = rows.argmax(dim=1), cols.argmax(dim=1)
+    last_row = rows.shape[1] - 1 - rows.flip(1).argmax(dim=1)
+    last_col = cols.shape[1] - 1 - cols.flip(1).argmax(dim=1)
+    return torch.stack([first_row, last_row, first_col, last_col], dim=1)
+
+
+@dataclass
+class LevelHistograms:
+    """Per-image joint histograms of predictions that take at most 256 values (`level_histograms`).
+
+    Attributes:
+        hist: (B, 2, 2, 2, 256) int64 pixels per [top / bottom, left / right of the S-alpha centroid,
+            background / foreground, level].
+        cx, cy: (B,) float64 1-based centroid of the ground truth (`_centroid`).
+        boxes: (B, 4) int64 foreground bounding boxes (see `ErrorMaps`).
+        n_fg: (B,) int64 foreground pixels.
+    """
+
+    hist: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    boxes: torch.Tensor
+    n_fg: torch.Tensor
+
+
+def level_histograms(levels: torch.Tensor, gt: torch.Tensor, bins: torch.Tensor | None = None) -> LevelHistograms:
+    """Counts the pixels of every (S-alpha quadrant, ground truth, level) of every image: one pass.
+
+    Args:
+        levels: (B, H, W) uint8 (or bool) level of every pixel.
+        gt: (B, H, W) bool masks.
+        bins: (B, H, W) int32 tensor to write every pixel's flat histogram bin into (a new one by default);
+            it indexes `_level_error_table`.
+
+    Returns:
+        The histograms, the centroids and the foreground boxes.
+    """
+    batch, height, width = gt.shape
+    device = gt.device
+    gt_bytes = gt.view(torch.uint8)
+    row_counts, col_counts = _foreground_counts(gt)
+    n_fg = col_counts.sum(dim=1)
+    cx, cy = _centroid(col_counts, n_fg), _centroid(row_counts, n_fg)
+    # Flat bin: ((((image * 2 + bottom) * 2 + right) * 2 + foreground) * 256 + level).
+    image = torch.arange(batch, device=device)[:, None] * (8 * NUM_LEVELS)
+    row_bins = ((torch.arange(height, device=device) >= cy[:, None]) * (4 * NUM_LEVELS) + image).to(torch.int32)
+    col_bins = ((torch.arange(width, device=device) >= cx[:, None]) * (2 * NUM_LEVELS)).to(torch.int32)
+    if bins is None:
+        bins = torch.empty(gt.shape, dtype=torch.int32, device=device)
+    torch.add(row_bins[:, :, None], col_bins[:, None, :], out=bins)
+    bins.add_(levels.view(torch.uint8)).add_(gt_bytes, alpha=NUM_LEVELS)
+    hist = torch.bincount(bins.view(-1), minlength=batch * 8 * NUM_LEVELS).view(batch, 2, 2, 2, NUM_LEVELS)
+    return LevelHistograms(hist, cx, cy, _foreground_boxes(row_counts, col_counts), n_fg.to(torch.int64))
+
+
+def _level_predictions(hist: torch.Tensor, values: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(B, 256) float64 prediction of every level: `values`, min-max normalised over the levels that occur
+    with the reference's per-pixel arithmetic. Levels that do not occur may fall outside [0, 1]."""
+    values = values.to(device=hist.device, dtype=torch.float64).expand(hist.shape[0], NUM_LEVELS)
+    if not normalize:
+        return values
+    present = (hist.sum(dim=(1, 2, 3)) > 0).to(torch.uint8)
+    low = values.gather(1, present.argmax(dim=1, keepdim=True))
+    high = values.gather(1, NUM_LEVELS - 1 - present.flip(1).argmax(dim=1, keepdim=True))
+    varies = high > low
+    return torch.where(varies, (values - low) / torch.where(varies, high - low, 1.0), values)
+
+
+def _level_error_table(pred: torch.Tensor) -> torch.Tensor:
+    """(B * 2048,) float64 error of every flat histogram bin (`level_histograms`): the prediction in the
+    background, 1 - prediction in the foreground."""
+    level_error = torch.stack([pred, 1 - pred], dim=1)
+    return level_error[:, None, None].expand(-1, 2, 2, 2, NUM_LEVELS).reshape(-1)
+
+
+def _level_statistics(
+    histograms: LevelHistograms, pred: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], threshold: float
+) -> BatchStatistics:
+    """`BatchStatistics` from `level_histograms`, the level predictions (`_level_predictions`), the raw level
+    `values`, the image size (H, W) and the binary threshold: sums over pixels become sums over levels."""
+    hist = histograms.hist
+    n_total = shape[0] * shape[1]
+    by_gt = hist.sum(dim=(1, 2))  # (B, 2, 256): background, foreground
+    n_fg = by_gt[:, 1].sum(dim=1)
+    counts = by_gt.to(torch.float64)
+    quadrants = hist.to(torch.float64)
+    per_quadrant = quadrants.sum(dim=3)
+    foreground = quadrants[:, :, :, 1]
+    pred_squared = pred * pred
+    sums = QuadrantSums(
+        n=per_quadrant.sum(dim=3),
+        p=torch.einsum("bijl,bl->bij", per_quadrant, pred),
+        pp=torch.einsum("bijl,bl->bij", per_quadrant, pred_squared),
+        g=foreground.sum(dim=3),
+        pg=torch.einsum("bijl,bl->bij", foreground, pred),
+        fg_pp=torch.einsum("bijl,bl->b", foreground, pred_squared),
+    )
+    s_alpha = _s_measure_from_sums(sums, n_fg, histograms.cx, histograms.cy, shape, 0.5)
+
+    # Truncation, as numpy's astype(uint8); levels that do not occur may fall outside [0, 255].
+    quantised = (pred * 255).to(torch.int64).clamp_(0, NUM_THRESHOLDS - 1)
+    by_threshold = torch.zeros_like(by_gt).scatter_add_(2, quantised[:, None, :].expand_as(by_gt), by_gt)
+    above = by_threshold.flip(dims=(2,)).cumsum(dim=2)
+    adaptive_threshold = (2 * (counts.sum(dim=1) * pred).sum(dim=1) / n_total).clamp(max=1)
+    at_adaptive = (by_gt * (pred >= adaptive_threshold[:, None])[:, None, :]).sum(dim=2)
+    positive = (by_gt * (values.to(pred.device) > threshold)).sum(dim=2)
+    true_pos, false_pos = positive[:, 1], positive[:, 0]
+    false_neg = n_fg - true_pos
+    return BatchStatistics(
+        counts=torch.stack([true_pos, false_pos, false_neg, n_total - true_pos - false_pos - false_neg], dim=1),
+        adaptive=(at_adaptive[:, 1:], at_adaptive[:, :1]),
+        curve=(above[:, 1], above[:, 0]),
+        n_fg=n_fg,
+        s_alpha=s_alpha,
+        error_sum=(counts * torch.stack([pred, 1 - pred], dim=1)).sum(dim=(1, 2)),
+    )
+
+
+def level_statistics(
+    levels: torch.Tensor,
+    values: torch.Tensor,
+    gt: torch.Tensor,
+    normalize: bool = True,
+    threshold: float = 0.5,
+    bins: torch.Tensor | None = None,
+) -> tuple[BatchStatistics, ErrorMaps]:
+    """Statistics of predictions that take at most 256 values, from one joint histogram per image.
+
+    The histogram counts the pixels of each (S-alpha quadrant, ground truth, level); the reference's
+    per-pixel arithmetic (min-max normalisation, `uint8(pred * 255)`, thresholds) is applied to the 256
+    level values, and sums over pixels become sums over levels weighted by their counts.
+
+    Args:
+        levels: (B, H, W) uint8 (or bool) level of every pixel.
+        values: (256,) float64 value in [0, 1] of every level (e.g. `arange(256) / 255` for uint8 maps).
+        gt: (B, H, W) bool masks.
+        normalize: min-max normalise every image, as the reference does by default.
+        threshold: the binary threshold of the raw values (`counts`).
+        bins: (B, H, W) int32 work tensor for the histogram bins (a new one by default).
+
+    Returns:
+        The batch's statistics, equal to `pixel_statistics`' on `values[levels]`, and its error maps.
+    """
+    if bins is None:
+        bins = torch.empty(gt.shape, dtype=torch.int32, device=gt.device)
+    histograms = level_histograms(levels, gt, bins)
+    pred = _level_predictions(histograms.hist, values, normalize)
+    stats = _level_statistics(histograms, pred, values, tuple(gt.shape[1:]), threshold)
+    return stats, ErrorMaps(bins, _level_error_table(pred), histograms.boxes, histograms.n_fg > 0)
+
+
+def pixel_statistics(
+    raw: torch.Tensor,
+    gt: torch.Tensor,
+    normalize: bool = True,
+    threshold: float = 0.5,
+    scratch: Scratch | None = None,
+    error: torch.Tensor | None = None,
+) -> tuple[BatchStatistics, ErrorMaps]:
+    """Statistics of (B, H, W) float64 predictions `raw` in [0, 1] (overwritten when `normalize`), and their
+    error maps (written into `error`, a (B, H, W) float64 tensor, if given); `gt`, `normalize` and `threshold`
+    as in `level_statistics`. On CPU with numpy (`_pixel_statistics_host`), elsewhere with the batched
+    per-pixel functions (`_pixel_statistics_torch`)."""
+    scratch = scratch or Scratch()
+    if error is None:
+        error = torch.empty_like(raw)
+    if raw.device.type == "cpu":
+        return _pixel_statistics_host(raw, gt, normalize, threshold, scratch, error)
+    return _pixel_statistics_torch(raw, gt, normalize, threshold, scratch, error)
+
+
+def _pixel_statistics_torch(
+    raw: torch.Tensor, gt: torch.Tensor, normalize: bool, threshold: float, scratch: Scratch, error: torch.Tensor
+) -> tuple[BatchStatistics, ErrorMaps]:
+    """`pixel_statistics` with the batched per-pixel functions (any device)."""
+    counts = binary_counts(raw, gt, threshold, scratch)
+    pred = _min_max_(raw) if normalize else raw
+    g = scratch.like("gt", pred).copy_(gt)
+    torch.sub(pred, g, out=error).abs_()
+    row_counts, col_counts = _foreground_counts(gt)
+    stats = BatchStatistics(
+        counts=counts,
+        adaptive=adaptive_counts(pred, gt, scratch),
+        curve=threshold_histograms(pred, gt, scratch),
+        n_fg=counts[:, 0] + counts[:, 2],
+        s_alpha=_s_measure(pred, g, 0.5, scratch),
+        error_sum=error.sum(dim=(1, 2)),
+    )
+    return stats, ErrorMaps(error, None, _foreground_boxes(row_counts, col_counts), col_counts.sum(dim=1) > 0)
+
+
+def _pixel_statistics_host(
+    raw: torch.Tensor, gt: torch.Tensor, normalize: bool, threshold: float, scratch: Scratch, error: torch.Tensor
+) -> tuple[BatchStatistics, ErrorMaps]:
+    """`pixel_statistics` on CPU tensors, where numpy compares several times faster than torch. One histogram
+    per image of (at the adaptive threshold, above the binary threshold, ground truth, `uint8(pred * 255)`)
+    gives the binary, adaptive and threshold counts; S-alpha's quadrant sums are sums over row halves."""
+    batch, height, width = gt.shape
+    n_total = height * width
+    gt_bytes = gt.numpy().view(np.uint8)
+    row_counts, col_counts = _foreground_counts(gt)
+    n_fg = col_counts.sum(dim=1).to(torch.int64)
+    cx, cy = _centroid(col_counts, n_fg), _centroid(row_counts, n_fg)
+    mask = scratch.like("mask", gt)
+    bins = scratch.like("bins", gt, torch.int32)
+    np.greater(raw.numpy(), threshold, out=mask.numpy())
+    pred = _min_max_(raw) if normalize else raw
+    pred_np = pred.numpy()
+    adaptive_threshold = (2 * pred.mean(dim=(1, 2))).clamp(max=1).numpy()[:, None, None]
+    # Bin: (((image * 2 + at_adaptive) * 2 + positive) * 2 + foreground) * 256 + uint8(pred * 255).
+    bins.copy_(torch.mul(pred, 255, out=scratch.like("scaled", pred)))  # truncation, as numpy's astype(uint8)
+    bins.add_(torch.from_numpy(gt_bytes), alpha=NUM_LEVELS)
+    bins.add_(mask.view(torch.uint8), alpha=2 * NUM_LEVELS)
+    np.greater_equal(pred_np, adaptive_threshold, out=mask.numpy())
+    bins.add_(mask.view(torch.uint8), alpha=4 * NUM_LEVELS)
+    bins.add_(torch.arange(batch, dtype=torch.int32).view(batch, 1, 1) * (8 * NUM_LEVELS))
+    hist = torch.bincount(bins.view(-1), minlength=batch * 8 * NUM_LEVELS).view(batch, 2, 2, 2, NUM_LEVELS)
+    by_gt = hist.sum(dim=(1, 2))
+    above = by_gt.flip(dims=(2,)).cumsum(dim=2)
+    at_adaptive = hist[:, 1].sum(dim=(1, 3))
+    positive = hist[:, :, 1].sum(dim=(1, 3))
+
+    g = scratch.like("gt", pred).numpy()
+    np.copyto(g, gt_bytes)
+    error_np = error.numpy()
+    np.abs(np.subtract(pred_np, g, out=error_np), out=error_np)
+    squared = np.multiply(pred_np, pred_np, out=scratch.like("pred_squared", pred).numpy())
+    in_fg = np.multiply(pred_np, g, out=scratch.like("pred_fg", pred).numpy())
+    quadrant_sums = np.zeros((4, batch, 2, 2))  # prediction, its square, ground truth, prediction in the foreground
+    for b, (x, y) in enumerate(zip(cx.to(torch.int64).tolist(), cy.to(torch.int64).tolist(), strict=True)):
+        for k, maps in enumerate((pred_np, squared, g, in_fg)):
+            for i, half in enumerate((maps[b, :y], maps[b, y:])):
+                columns = half.sum(axis=0)
+                quadrant_sums[k, b, i] = columns[:x].sum(), columns[x:].sum()
+    p, pp, g_sums, pg = torch.from_numpy(quadrant_sums).unbind(0)
+    rows = torch.stack([cy, height - cy], dim=1)
+    sums = QuadrantSums(
+        n=rows[:, :, None] * torch.stack([cx, width - cx], dim=1)[:, None, :],
+        p=p,
+        pp=pp,
+        g=g_sums,
+        pg=pg,
+        fg_pp=_dot(torch.from_numpy(in_fg), torch.from_numpy(in_fg)),
+    )
+    true_pos, false_pos = positive[:, 1], positive[:, 0]
+    false_neg = n_fg - true_pos
+    stats = BatchStatistics(
+        counts=torch.stack([true_pos, false_pos, false_neg, n_total - true_pos - false_pos - false_neg], dim=1),
+        adaptive=(at_adaptive[:, 1:], at_adaptive[:, :1]),
+        curve=(above[:, 1], above[:, 0]),
+        n_fg=n_fg,
+        s_alpha=_s_measure_from_sums(sums, n_fg, cx, cy, (height, width), 0.5),
+        error_sum=error.sum(dim=(1, 2)),
+    )
+    return stats, ErrorMaps(error, None, _foreground_boxes(row_counts, col_counts), n_fg > 0)
 
 
 def _gaussian_weights(size: int = 7, sigma: float = 5.0) -> list[float]:
@@ -332,6 +717,10 @@ def _gaussian_weights(size: int = 7, sigma: float = 5.0) -> list[float]:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     kernel = torch.exp(-(x * x) / (2 * sigma * sigma))
     return (kernel / kernel.sum()).tolist()
+
+
+_GAUSSIAN_WEIGHTS = _gaussian_weights()
+_GAUSSIAN_WEIGHTS_NP = np.array(_GAUSSIAN_WEIGHTS)
 
 
 def _gaussian_filter_(x: torch.Tensor, weights: list[float], scratch: Scratch) -> torch.Tensor:
@@ -373,36 +762,97 @@ def weighted_f_measure(pred: torch.Tensor, gt: torch.Tensor, beta: float = 1.0) 
     if has_fg.any():
         pred, gt = pred[has_fg], gt[has_fg]
         g = gt.to(pred.dtype)
+        error = (pred - g).abs_()
         scratch = Scratch()
-        scores[has_fg] = _weighted_f((pred - g).abs_(), g, nearest_foreground(gt, scratch), beta, scratch)
+        sums = _weighted_f_sums(error, g, nearest_foreground(gt, scratch), scratch)
+        scores[has_fg] = _weighted_f_from_sums(g.sum(dim=(1, 2)), error.sum(dim=(1, 2)), sums, beta)
     return scores
 
 
-def _weighted_f(
-    error: torch.Tensor,
-    g: torch.Tensor,
-    nearest: tuple[torch.Tensor, torch.Tensor],
-    beta: float,
-    scratch: Scratch,
+def _weighted_f_sums(
+    error: torch.Tensor, g: torch.Tensor, nearest: tuple[torch.Tensor, torch.Tensor], scratch: Scratch
 ) -> torch.Tensor:
-    """Weighted F of images with foreground, from `error` = |pred - gt| and `g` = gt ((B, H, W) float64) and
-    `nearest_foreground(gt)` (whose distance tensor it overwrites)."""
+    """`_weighted_f_sums_host` of a batch of images with foreground, batched on their device, from `error` =
+    |pred - gt| and `g` = gt ((B, H, W) float64) and `nearest_foreground(gt)` (whose distances it overwrites):
+    (B, 3) float64."""
     index, distance = nearest
     error_at_nearest = scratch.like("error_at_nearest", error)
     torch.gather(error.flatten(1), 1, index.flatten(1), out=error_at_nearest.view(error.shape[0], -1))
-    smoothed = _gaussian_filter_(error_at_nearest, _gaussian_weights(), scratch)
+    smoothed = _gaussian_filter_(error_at_nearest, _GAUSSIAN_WEIGHTS, scratch)
     # Foreground pixels count min(error, smoothed error); background pixels their error times the importance
     # 2 - decay, where decay = exp(log(0.5) / 5 * distance) is 1 in the foreground.
     weighted_fg = _dot(torch.minimum(smoothed, error, out=smoothed), g)
     decay = distance.mul_(math.log(0.5) / 5).exp_()
-    error_fg = _dot(error, g)
-    n_fg = g.sum(dim=(1, 2))
+    return torch.stack([weighted_fg, _dot(error, g), _dot(error, decay)], dim=1)
+
+
+def _weighted_f_from_sums(n_fg: torch.Tensor, error_sum: torch.Tensor, sums: torch.Tensor, beta: float) -> torch.Tensor:
+    """Weighted F (B,) from the foreground pixels (B,), the error sums (B,) and `_weighted_f_sums_host`'s (B, 3)
+    (NaN for images without foreground)."""
+    n_fg = n_fg.to(torch.float64)
+    weighted_fg, error_fg, error_decay = sums.unbind(dim=1)
     true_pos = n_fg - weighted_fg
     # sum over the background of error * (2 - decay) = 2 sum(error) - sum_fg(error) - sum(error * decay)
-    false_pos = 2 * error.sum(dim=(1, 2)) - error_fg - _dot(error, decay)
+    false_pos = 2 * error_sum - error_fg - error_decay
     recall = 1 - weighted_fg / n_fg
     precision = true_pos / (true_pos + false_pos + EPS)
     return (1 + beta) * recall * precision / (recall + beta * precision + EPS)
+
+
+_DECAY_TABLE = [torch.ones(1, dtype=torch.float64)]
+
+
+def _decay_table(size: int) -> torch.Tensor:
+    """`exp(log(0.5) / 5 * sqrt(d2))` for the squared distances d2 = 0, 1, ..., at least `size` - 1: float64."""
+    table = _DECAY_TABLE[0]
+    if len(table) < size:
+        table = _DECAY_TABLE[0] = torch.arange(size, dtype=torch.float64).sqrt_().mul_(math.log(0.5) / 5).exp_()
+    return table
+
+
+def _weighted_f_sums_host(
+    error: torch.Tensor,
+    table: torch.Tensor | None,
+    gt: torch.Tensor,
+    box: list[int],
+    scratch: Scratch,
+) -> tuple[float, float, float]:
+    """The sums behind the weighted F of one CPU image with foreground.
+
+    The smoothed error is needed only on the foreground, so the error at the nearest foreground pixel is
+    gathered and smoothed only over the foreground's bounding box grown by the Gaussian's radius (zero
+    padded only where that box meets the image border, as in the reference).
+
+    Args:
+        error: (H, W) float64 |pred - gt|, or int32 indices into `table`.
+        table: (K,) float64 error values, or None.
+        gt: (H, W) bool mask.
+        box: first and last foreground row, first and last foreground column.
+        scratch: work tensors to reuse.
+
+    Returns:
+        The sum over the foreground of min(error, smoothed error), the sum of the error over the foreground,
+        and the sum of error * exp(log(0.5) / 5 * distance to the foreground).
+    """
+    height, width = gt.shape
+    if table is not None:
+        values = scratch.get("error", (height * width,), torch.float64, error.device)
+        error = torch.index_select(table, 0, error.view(-1), out=values).view(height, width)
+    features, squared = feature_transform_host(gt.numpy(), scratch)
+    decay = scratch.get("decay", (height * width,), torch.float64, error.device)
+    torch.index_select(_decay_table(height * height + width * width), 0, torch.from_numpy(squared).view(-1), out=decay)
+    error_decay = torch.dot(error.view(-1), decay).item()
+
+    top, bottom, left, right = box
+    rows = slice(max(top - _GAUSSIAN_RADIUS, 0), min(bottom + _GAUSSIAN_RADIUS + 1, height))
+    cols = slice(max(left - _GAUSSIAN_RADIUS, 0), min(right + _GAUSSIAN_RADIUS + 1, width))
+    error_np = error.numpy()
+    at_nearest = error_np.reshape(-1)[features[0, rows, cols] * width + features[1, rows, cols]]
+    smoothed = correlate1d(at_nearest, _GAUSSIAN_WEIGHTS_NP, axis=0, mode="constant")
+    smoothed = correlate1d(smoothed, _GAUSSIAN_WEIGHTS_NP, axis=1, mode="constant")
+    box_error, box_gt = error_np[rows, cols], gt.numpy()[rows, cols].astype(np.float64)
+    weighted_fg = np.einsum("ij,ij->", np.minimum(smoothed, box_error, out=smoothed), box_gt)
+    return float(weighted_fg), float(np.einsum("ij,ij->", box_error, box_gt)), error_decay
 
 
 def binary_counts(
@@ -468,6 +918,38 @@ def prepare_predictions(predictions: torch.Tensor, indices: list[int], scratch: 
     return pred.div_(255) if predictions.dtype == torch.uint8 else pred
 
 
+_NUMPY_DTYPES = (
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+)
+
+
+def _on_host(x: torch.Tensor) -> bool:
+    """Whether `x` is a CPU tensor that numpy can view: numpy's comparisons and integer reductions are several
+    times faster than torch's on CPU."""
+    return x.device.type == "cpu" and x.dtype in _NUMPY_DTYPES
+
+
+def _greater(x: torch.Tensor, value: float) -> torch.Tensor:
+    """`x > value` as a bool tensor of the shape of `x`."""
+    if _on_host(x):
+        return torch.from_numpy(np.greater(x.detach().numpy(), value))
+    return x > value
+
+
+def _per_image(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-image "min" or "max" of a (B, H, W) tensor: (B,)."""
+    if _on_host(x):
+        return torch.from_numpy(getattr(x.detach().numpy().reshape(len(x), -1), reduction)(axis=1))
+    return getattr(x.flatten(1), f"a{reduction}")(dim=1)
+
+
 def binarize_references(references: torch.Tensor, indices: list[int]) -> torch.Tensor:
     """Ground-truth masks as bool: uint8 masks in 0..255 at `> 128` (PySODMetrics), floats at `> 0.5`.
 
@@ -485,8 +967,8 @@ def binarize_references(references: torch.Tensor, indices: list[int]) -> torch.T
     if references.dtype == torch.bool:
         return references
     if references.is_floating_point():
-        return references > 0.5
-    high = references.flatten(1).amax(dim=1)
+        return _greater(references, 0.5)
+    high = _per_image(references, "max")
     if references.dtype == torch.uint8:
         bad = first_failing(indices, high == 1)
         if bad is not None:
@@ -494,12 +976,18 @@ def binarize_references(references: torch.Tensor, indices: list[int]) -> torch.T
                 f"Reference {bad} is a uint8 mask of 0s and 1s, but uint8 masks are read as 0..255 "
                 "(foreground > 128); pass it as bool or float, or scale it by 255."
             )
-        return references > 128
-    low = references.flatten(1).amin(dim=1)
+        return _greater(references, 128)
+    low = _per_image(references, "min")
     bad = first_failing(indices, (high > 1) | (low < 0))
     if bad is not None:
         raise ValueError(f"Reference {bad} is an integer mask with values other than 0 and 1.")
     return references > 0
+
+
+_LEVEL_VALUES = {
+    torch.uint8: torch.arange(NUM_LEVELS, dtype=torch.float64) / 255,
+    torch.bool: (torch.arange(NUM_LEVELS) > 0).to(torch.float64),  # only levels 0 and 1 occur
+}
 
 
 class SODMetrics:
@@ -519,9 +1007,9 @@ class SODMetrics:
         f_beta2: beta^2 of the F-measure.
         threshold: binarisation threshold of the raw prediction for IoU, Dice, T-Jac, accuracy and BER.
         jaccard_threshold: per-image Jaccard below it counts as 0 in T-Jac (0.65 in the ISIC 2017 challenge).
-        chunk_size: images processed at once. About a dozen (chunk_size, H, W) float64 work tensors are
-            kept between `update` calls, because on CPU reusing them is much faster than allocating afresh;
-            `reset` (which the evaluate module calls after `compute`) frees them.
+        chunk_size: images processed at once. A few (chunk_size, H, W) float64 work tensors are kept between
+            `update` calls, because on CPU reusing them is much faster than allocating afresh; `reset` (which
+            the evaluate module calls after `compute`) frees them.
     """
 
     def __init__(
@@ -549,6 +1037,7 @@ class SODMetrics:
         self._curves = torch.zeros(2, NUM_THRESHOLDS, dtype=torch.float64)
         self._confusion = torch.zeros(4, dtype=torch.int64)
 
+    @torch.no_grad()
     def update(self, predictions: Any, references: Any) -> None:
         """Adds a batch.
 
@@ -562,66 +1051,108 @@ class SODMetrics:
         confusion = torch.zeros_like(self._confusion)
         num_images = 0
         for group in group_by_size(predictions, references):
+            values = _LEVEL_VALUES.get(group.predictions.dtype)
+            shape = tuple(group.predictions.shape[1:])
+            parts: list[Any] = []
+            weighted: list[torch.Tensor] = []
             for start in range(0, len(group.indices), self.chunk_size):
                 stop = start + self.chunk_size
                 indices = group.indices[start:stop]
-                raw = prepare_predictions(group.predictions[start:stop], indices, self._scratch)
-                gt = binarize_references(group.references[start:stop], indices).to(raw.device)
-                batch_sums, batch_curves, batch_confusion = self._batch_statistics(raw, gt)
-                sums += batch_sums
-                curves += batch_curves
-                confusion += batch_confusion
+                part, errors, gt = self._chunk(
+                    group.predictions[start:stop], group.references[start:stop], indices, values
+                )
+                parts.append(part)
+                weighted.append(self._weighted_f_sums(errors, gt))
                 num_images += len(indices)
+                # The per-image statistics are reduced together, a few hundred images at a time.
+                if stop >= len(group.indices) or len(parts) * self.chunk_size >= _IMAGES_PER_REDUCTION:
+                    if values is not None:
+                        histograms = concatenate_images([histograms for histograms, _ in parts])
+                        pred = torch.cat([pred for _, pred in parts])
+                        stats = _level_statistics(histograms, pred, values, shape, self.threshold)
+                    else:
+                        stats = concatenate_images(parts)
+                    batch_sums, batch_curves, batch_confusion = self._batch_sums(stats, shape, torch.cat(weighted))
+                    sums += batch_sums
+                    curves += batch_curves
+                    confusion += batch_confusion
+                    parts, weighted = [], []
         # Committed only once the whole batch has passed validation.
         self._sums += sums
         self._curves += curves
         self._confusion += confusion
         self.num_images += num_images
 
-    def _batch_statistics(self, raw: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sums over the images of `raw` ((B, H, W) float64, overwritten) and `gt` ((B, H, W) bool) of the
-        per-image metrics, of the E-phi and F curves, and the pooled TP / FP / FN / TN counts."""
-        scratch = self._scratch
-        has_fg = _count(gt) > 0
-        all_fg = bool(has_fg.all())
-        gt_fg = gt if all_fg else gt[has_fg]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # On CPU the scipy transform runs in a thread (it releases the GIL) while torch computes the rest.
-            on_cpu = gt.device.type == "cpu"
-            nearest = pool.submit(nearest_foreground, gt_fg, scratch) if on_cpu and len(gt_fg) else None
-            counts = binary_counts(raw, gt, self.threshold, scratch)
-            pred = _min_max_(raw) if self.normalize else raw
-            g = scratch.like("gt", pred).copy_(gt)
-            error = torch.sub(pred, g, out=scratch.like("error", pred)).abs_()
-            adaptive, curve = adaptive_counts(pred, gt, scratch), threshold_histograms(pred, gt, scratch)
-            e_adaptive, e_curve = _e_measure(adaptive, curve, gt)
-            f_adaptive, f_curve = _f_measure(adaptive, curve, gt, self.f_beta2)
-            s_alpha = _s_measure(pred, g, 0.5, scratch)
-            weighted_f = torch.zeros_like(s_alpha)
-            if len(gt_fg):
-                nearest = nearest.result() if on_cpu else nearest_foreground(gt_fg, scratch)
-                if all_fg:
-                    weighted_f = _weighted_f(error, g, nearest, self.weighted_f_beta, scratch)
-                else:
-                    weighted_f[has_fg] = _weighted_f(error[has_fg], g[has_fg], nearest, self.weighted_f_beta, scratch)
-        true_pos, false_pos, false_neg, true_neg = counts.unbind(dim=1)
+    def _chunk(
+        self, predictions: torch.Tensor, references: torch.Tensor, indices: list[int], values: torch.Tensor | None
+    ) -> tuple[Any, ErrorMaps, torch.Tensor]:
+        """Validates a (B, H, W) chunk and reads its pixels: the histograms and level predictions of uint8 or
+        bool maps (whose level `values` are given), else their `BatchStatistics`; their error maps; and the
+        (B, H, W) bool masks."""
+        gt = binarize_references(references, indices).to(predictions.device)
+        if values is not None:
+            bins = self._scratch.like("bins", gt, torch.int32)
+            histograms = level_histograms(predictions, gt, bins)
+            pred = _level_predictions(histograms.hist, values, self.normalize)
+            errors = ErrorMaps(bins, _level_error_table(pred), histograms.boxes, histograms.n_fg > 0)
+            return (histograms, pred), errors, gt
+        raw = prepare_predictions(predictions, indices, self._scratch)
+        error = self._scratch.like("error", gt, torch.float64)
+        stats, errors = pixel_statistics(raw, gt, self.normalize, self.threshold, self._scratch, error)
+        return stats, errors, gt
+
+    def _batch_sums(
+        self, stats: BatchStatistics, shape: tuple[int, int], weighted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sums over the images of the per-image metrics, of the E-phi and F curves, and the pooled TP / FP /
+        FN / TN counts, on the CPU; `weighted` holds the (B, 3) sums of `_weighted_f_sums`."""
+        n_total = shape[0] * shape[1]
+        e_adaptive, e_curve = _e_measure(stats.adaptive, stats.curve, stats.n_fg, n_total)
+        f_adaptive, f_curve = _f_measure(stats.adaptive, stats.curve, stats.n_fg, self.f_beta2)
+        true_pos, false_pos, false_neg, true_neg = stats.counts.unbind(dim=1)
         iou = _ratio(true_pos, true_pos + false_pos + false_neg)
+        weighted_f = _weighted_f_from_sums(stats.n_fg, stats.error_sum, weighted, self.weighted_f_beta)
         per_image = {
-            "s_alpha": s_alpha,
+            "s_alpha": stats.s_alpha,
             "e_phi_adaptive": e_adaptive,
-            "f_beta_w": weighted_f,
-            "mae": error.mean(dim=(1, 2)),
+            "f_beta_w": torch.where(stats.n_fg > 0, weighted_f, 0.0),
+            "mae": stats.error_sum / n_total,
             "f_beta_adaptive": f_adaptive,
             "iou": iou,
             "dice": _ratio(2 * true_pos, 2 * true_pos + false_pos + false_neg),
             "jaccard_thresholded": torch.where(iou < self.jaccard_threshold, torch.zeros_like(iou), iou),
-            "accuracy": _ratio(true_pos + true_neg, counts.sum(dim=1)),
+            "accuracy": _ratio(true_pos + true_neg, stats.counts.sum(dim=1)),
         }
         return (
             torch.stack([per_image[name].sum() for name in _PER_IMAGE]).cpu(),
             torch.stack([e_curve.sum(dim=0), f_curve.sum(dim=0)]).cpu(),
-            counts.sum(dim=0).cpu(),
+            stats.counts.sum(dim=0).cpu(),
         )
+
+    def _weighted_f_sums(self, errors: ErrorMaps, gt: torch.Tensor) -> torch.Tensor:
+        """(B, 3) float64 sums behind the weighted F (`_weighted_f_sums_host`; zeros for images without
+        foreground): image by image with scipy on the CPU, batched on other devices."""
+        has_fg = errors.has_fg
+        sums = torch.zeros(len(gt), 3, dtype=torch.float64, device=gt.device)
+        if not bool(has_fg.any()):
+            return sums
+        if self._uses_host(gt.device):
+            images = torch.nonzero(has_fg).flatten().tolist()
+            boxes = errors.boxes.tolist()
+            host = [
+                _weighted_f_sums_host(errors.values[b], errors.table, gt[b], boxes[b], self._scratch) for b in images
+            ]
+            sums[images] = torch.tensor(host, dtype=torch.float64)
+            return sums
+        gt = gt[has_fg]
+        error = errors.dense()[has_fg]
+        sums[has_fg] = _weighted_f_sums(error, gt.to(error.dtype), nearest_foreground(gt, self._scratch), self._scratch)
+        return sums
+
+    @staticmethod
+    def _uses_host(device: torch.device) -> bool:
+        """Whether the weighted F of images on `device` is computed image by image with scipy."""
+        return device.type == "cpu"
 
     def compute(self) -> dict[str, float]:
         """The dataset values: means over images, except the BER family, which pools all pixels.
@@ -666,6 +1197,8 @@ _PER_IMAGE = (
     "jaccard_thresholded",
     "accuracy",
 )
+
+_IMAGES_PER_REDUCTION = 256
 
 SOD_METRIC_NAMES = (
     "s_alpha",
