@@ -2,11 +2,20 @@
 
 Both models are built from the same random SAM (ViT-B by default), adapt the same qkv layers (r=3, alpha=32)
 and train the mask decoder, and see the same batch. Runs alternate A B A B after a warm-up and the median of
-each is reported (benchmarks/README.md). The last line printed is the training-step ratio and the inference
-ratio, for parsing.
+each is reported (benchmarks/README.md). `--dtype bfloat16` runs both under bf16 autocast,
+`--activation-checkpointing` recomputes the vision blocks in the backward pass. On CUDA the peak of
+`torch.cuda.max_memory_allocated()` over each method's training steps is reported as well (both models stay
+resident: measure one method alone with `--methods conv_lora`). `--experts reference` runs Conv-LoRA's
+per-expert reference path instead of the grouped fast one, `--experts-channels-last` gives its convolutions
+channels-last input. Besides the ratio of the medians, the table shows the median of each round's own ratio and,
+on CPU, the ratio of process CPU time (which what other jobs on a shared machine add to a run's wall time does not
+reach). The last line printed is the training-step ratio and the inference ratio, for parsing, then on CPU the two
+CPU-time ratios (with one method: its median seconds and peak memory).
 
     python benchmarks/conv_lora_cost.py                                 # CPU: ViT-B, 512 px, batch 2
-    python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 4 --bf16
+    python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 4 --dtype bfloat16
+    python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 1 \
+        --dtype bfloat16 --activation-checkpointing --methods conv_lora  # peak memory against the paper's 21.7 GB
 """
 
 from __future__ import annotations
@@ -24,11 +33,15 @@ from _common import run_record
 from peft import LoraConfig, get_peft_model
 
 from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam, sam_config
-from sam_peft.tuners.conv_lora import SAM_QKV_TARGET
+from sam_peft.tuners.conv_lora import SAM_QKV_TARGET, ConvExperts
 
 # Paper, Table 14 (one V100, ISIC 2017): iterations per second.
 PAPER_TRAIN_RATIO = 1.64 / 1.22
 PAPER_INFERENCE_RATIO = 4.62 / 3.64
+# Paper, Table 3: training memory of Conv-LoRA (MoE) on ISIC, ViT-H by its parameter counts.
+PAPER_PEAK_MEMORY_GB = 21.7
+METHODS = ("lora", "conv_lora")
+NAMES = {"lora": "LoRA", "conv_lora": "Conv-LoRA"}
 
 
 def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -38,9 +51,22 @@ def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
     else:
         config = ConvLoraConfig(modules_to_save=["mask_decoder"])
     model = get_peft_model(sam, config).to(args.device)
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, ConvExperts):
+            module.use_reference = args.experts == "reference"
+            module.channels_last = args.experts_channels_last
+    if args.activation_checkpointing:
+        enable_activation_checkpointing(model)
     return model
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing of the vision blocks (transformers renamed the method in v5)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def synchronize(device: str) -> None:
@@ -48,10 +74,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def autocast(args: argparse.Namespace) -> torch.autocast:
+    """bf16 autocast with `--dtype bfloat16`, a disabled context with float32."""
+    dtype = getattr(torch, args.dtype)
+    return torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
+
 def make_train_step(model, optimizer, pixel_values, target, args):
     def step() -> None:
         model.train()
-        with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+        with autocast(args):
             logits = model(pixel_values=pixel_values, multimask_output=False).pred_masks[:, 0, 0]
             loss = F.binary_cross_entropy_with_logits(logits.float(), target) + auxiliary_loss(model)
         loss.backward()
@@ -64,27 +96,37 @@ def make_train_step(model, optimizer, pixel_values, target, args):
 def make_inference_step(model, pixel_values, args):
     def step() -> None:
         model.eval()
-        with torch.inference_mode(), torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.inference_mode(), autocast(args):
             model(pixel_values=pixel_values, multimask_output=False)
 
     return step
 
 
-def alternate(steps: dict, warmup: int, repeats: int, device: str) -> dict[str, list[float]]:
-    """Run each step `warmup` times, then `repeats` rounds of A B A B ...; seconds per run."""
+def alternate(steps: dict, warmup: int, repeats: int, device: str) -> dict[str, dict]:
+    """Run each step `warmup` times, then `repeats` rounds of A B A B ...
+
+    Returns, per step name, `wall` and `cpu` (process CPU time) seconds per run, and `peak`: on CUDA the largest
+    `max_memory_allocated` (GiB) of its timed runs, else None.
+    """
     for step in steps.values():
         for _ in range(warmup):
             step()
     synchronize(device)
-    times = {name: [] for name in steps}
+    cuda = device.startswith("cuda")
+    timing = {"wall": {name: [] for name in steps}, "cpu": {name: [] for name in steps}, "peak": dict.fromkeys(steps)}
     for _ in range(repeats):
         for name, step in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+            timing["wall"][name].append(time.perf_counter() - start)
+            timing["cpu"][name].append(time.process_time() - start_cpu)
+            if cuda:
+                timing["peak"][name] = max(timing["peak"][name] or 0.0, torch.cuda.max_memory_allocated() / 2**30)
+    return timing
 
 
 def main() -> None:
@@ -93,59 +135,105 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing of vision blocks")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype (float32: no autocast)"
+    )
+    parser.add_argument("--bf16", dest="dtype", action="store_const", const="bfloat16", help="--dtype bfloat16")
+    parser.add_argument(
+        "--activation-checkpointing", "--checkpointing", action="store_true", help="recompute the vision blocks"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--experts", default="fast", choices=["fast", "reference"], help="Conv-LoRA's expert path")
+    parser.add_argument("--experts-channels-last", action="store_true", help="channels-last input to expert convs")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "conv_lora_cost.json")
     args = parser.parse_args()
+    methods = [name for name in METHODS if name in args.methods]
 
     torch.manual_seed(0)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
     mask_size = 4 * args.image_size // sam_config(args.variant).vision_config.patch_size  # decoder output
     target = (torch.rand(args.batch_size, mask_size, mask_size, device=args.device) > 0.5).float()
 
-    models = {name: build(name, args) for name in ("lora", "conv_lora")}
+    models = {name: build(name, args) for name in methods}
     trainable = {name: m.get_nb_trainable_parameters()[0] for name, m in models.items()}
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]) for name, m in models.items()}
-    train = alternate(
-        {n: make_train_step(m, optimizers[n], pixel_values, target, args) for n, m in models.items()},
-        args.warmup,
-        args.repeats,
-        args.device,
-    )
-    infer = alternate(
-        {n: make_inference_step(m, pixel_values, args) for n, m in models.items()},
-        args.warmup,
-        args.repeats,
-        args.device,
-    )
-    median = {
-        phase: {name: statistics.median(t) for name, t in times.items()}
-        for phase, times in (("train_step", train), ("inference", infer))
+    phases = {
+        "train_step": alternate(
+            {n: make_train_step(m, optimizers[n], pixel_values, target, args) for n, m in models.items()},
+            args.warmup,
+            args.repeats,
+            args.device,
+        ),
+        "inference": alternate(
+            {n: make_inference_step(m, pixel_values, args) for n, m in models.items()},
+            args.warmup,
+            args.repeats,
+            args.device,
+        ),
     }
-    ratios = {phase: m["conv_lora"] / m["lora"] for phase, m in median.items()}
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
+    peak = phases["train_step"]["peak"]
+    median = {phase: {n: statistics.median(t) for n, t in timing["wall"].items()} for phase, timing in phases.items()}
+    both = len(methods) == len(METHODS)
+    ratios = paired = cpu_ratios = None
+    if both:
+        ratios = {phase: m["conv_lora"] / m["lora"] for phase, m in median.items()}
+        # robustness checks on a shared machine: the median of each round's own ratio, and the ratio of CPU time
+        # (what other jobs on the cores add to the wall time of one run does not count there)
+        paired = {
+            phase: statistics.median(
+                ours / lora for lora, ours in zip(t["wall"]["lora"], t["wall"]["conv_lora"], strict=True)
+            )
+            for phase, t in phases.items()
+        }
+        if not args.device.startswith("cuda"):
+            cpu_ratios = {
+                phase: statistics.median(t["cpu"]["conv_lora"]) / statistics.median(t["cpu"]["lora"])
+                for phase, t in phases.items()
+            }
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(f"Conv-LoRA vs LoRA on {args.variant}, {args.image_size} px, batch {args.batch_size}, {device_name}")
-    print(f"trainable parameters: LoRA {trainable['lora']:,}, Conv-LoRA {trainable['conv_lora']:,}")
-    print("| phase | LoRA s | Conv-LoRA s | ratio | paper ratio |\n|---|---|---|---|---|")
+    setup = f"{args.variant}, {args.image_size} px, batch {args.batch_size}, {args.dtype}"
+    if args.activation_checkpointing:
+        setup += ", activation checkpointing"
+    print(f"{' vs '.join(NAMES[name] for name in reversed(methods))} on {setup}, {device_name}")
+    print("trainable parameters: " + ", ".join(f"{NAMES[name]} {trainable[name]:,}" for name in methods))
+    if peak[methods[-1]] is not None:
+        print("peak training memory GiB: " + ", ".join(f"{NAMES[name]} {peak[name]:.2f}" for name in methods))
+    columns = [f"{NAMES[name]} s" for name in methods] + ["ratio", "paired ratio", "CPU-time ratio", "paper ratio"]
+    print("| phase | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for phase, paper in (("train_step", PAPER_TRAIN_RATIO), ("inference", PAPER_INFERENCE_RATIO)):
-        m = median[phase]
-        print(f"| {phase} | {m['lora']:.4f} | {m['conv_lora']:.4f} | {ratios[phase]:.3f} | {paper:.2f} |")
+        cells = [f"{median[phase][name]:.4f}" for name in methods]
+        cells += [f"{r[phase]:.3f}" if r else "-" for r in (ratios, paired, cpu_ratios)]
+        print(f"| {phase} | {' | '.join(cells)} | {paper:.2f} |")
     result = {
         **run_record("conv_lora_cost", args, device_name),
         "trainable_parameters": trainable,
-        "seconds": {"train_step": train, "inference": infer},
+        "seconds": {phase: timing["wall"] for phase, timing in phases.items()},
+        "cpu_seconds": {phase: timing["cpu"] for phase, timing in phases.items()},
         "median_seconds": median,
         "ratio": ratios,
+        "paired_ratio_median": paired,
+        "cpu_time_ratio": cpu_ratios,
         "paper_ratio": {"train_step": PAPER_TRAIN_RATIO, "inference": PAPER_INFERENCE_RATIO},
         "peak_memory_gib": peak,
+        "paper_peak_memory_gb": PAPER_PEAK_MEMORY_GB,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    print(f"train_step_ratio={ratios['train_step']:.3f} inference_ratio={ratios['inference']:.3f}")
+    if both:
+        line = f"train_step_ratio={ratios['train_step']:.3f} inference_ratio={ratios['inference']:.3f}"
+        if cpu_ratios:
+            line += " " + " ".join(f"{phase}_cpu_ratio={ratio:.3f}" for phase, ratio in cpu_ratios.items())
+        print(line)
+    else:
+        name = methods[0]
+        line = (
+            f"{name}_train_step_s={median['train_step'][name]:.4f} {name}_inference_s={median['inference'][name]:.4f}"
+        )
+        print(line + (f" peak_memory_gib={peak[name]:.2f}" if peak[name] is not None else ""))
 
 
 if __name__ == "__main__":

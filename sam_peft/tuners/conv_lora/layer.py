@@ -12,6 +12,7 @@ from torch import nn
 
 from ..auxiliary import AuxiliaryLossSlot
 from .config import ConvLoraConfig
+from .experts import ConvExperts, ExpertRouting
 
 
 def cv_squared(values: torch.Tensor) -> torch.Tensor:
@@ -76,49 +77,12 @@ class NoisyTopKGate(nn.Module):
         """
         threshold_if_in = top_logits[:, self.top_k : self.top_k + 1]  # (N, 1)
         threshold_if_out = top_logits[:, self.top_k - 1 : self.top_k]  # (N, 1)
-        normal = torch.distributions.Normal(clean_logits.new_zeros(()), clean_logits.new_ones(()))
+        # no argument validation: its checks read tensors on the host, a device synchronisation per call
+        normal = torch.distributions.Normal(clean_logits.new_zeros(()), clean_logits.new_ones(()), validate_args=False)
         is_in = noisy_logits > threshold_if_in
         prob_if_in = normal.cdf((clean_logits - threshold_if_in) / noise_std)
         prob_if_out = normal.cdf((clean_logits - threshold_if_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out)
-
-
-class ConvExperts(nn.Module):
-    """M convolutional experts `E_i(z) = resize(GELU(conv3x3_i(resize(z, s_i))), (h, w))`, bicubic both ways.
-
-    The expert weights are stacked: `weight` (M, r, r, 3, 3) and `bias` (M, r), so that one adapter's experts
-    are two tensors in its state dict. Each conv is initialised like PyTorch's `nn.Conv2d` default, biases at 0.
-    """
-
-    def __init__(self, rank: int, scales: list[int]) -> None:
-        super().__init__()
-        self.scales = list(scales)
-        self.weight = nn.Parameter(torch.empty(len(scales), rank, rank, 3, 3))
-        self.bias = nn.Parameter(torch.zeros(len(scales), rank))
-        for expert_weight in self.weight.data:
-            nn.init.kaiming_uniform_(expert_weight, a=math.sqrt(5))
-
-    def expert(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        """Expert `index` on z (n, r, h, w) -> (n, r, h, w)."""
-        height, width = z.shape[-2:]
-        scale = self.scales[index]
-        if scale != 1:
-            z = F.interpolate(z, size=(height * scale, width * scale), mode="bicubic", align_corners=False)
-        z = F.gelu(F.conv2d(z, self.weight[index], self.bias[index], padding=1))
-        if scale != 1:
-            z = F.interpolate(z, size=(height, width), mode="bicubic", align_corners=False)
-        return z
-
-    def forward(self, z: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """`sum_i G_i * E_i(z)` for z (N, r, h, w) and gates (N, M); only the selected samples reach an expert."""
-        mixture = torch.zeros_like(z)
-        for index in range(len(self.scales)):
-            rows = gates[:, index].nonzero().squeeze(1)  # samples routed to this expert
-            if rows.numel() == 0:
-                continue
-            weight = gates[rows, index].to(z.dtype)[:, None, None, None]
-            mixture = mixture.index_add(0, rows, self.expert(index, z[rows]) * weight)
-        return mixture
 
 
 class ConvLoraLayer(BaseTunerLayer):
@@ -185,39 +149,57 @@ class Linear(nn.Module, ConvLoraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
+    def bottleneck(
+        self, adapter_name: str, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, ExpertRouting, torch.Tensor]:
+        """For x (N, h, w, in): `z = A(dropout(x))` (N, r, h, w), its gates (N, M), their routing and the balance
+        loss (0-dim).
+
+        z stays a channels-last view of A's output (no copy): the experts gather their windows into a contiguous
+        batch anyway, and the up-projection reads z back as (N * h * w, r) without a copy.
+        """
+        down = self.conv_lora_A[adapter_name]
+        x = self._cast_input_dtype(x, down.weight.dtype)
+        z = down(self.conv_lora_dropout[adapter_name](x)).permute(0, 3, 1, 2)  # (N, r, h, w)
+        gates, loss = self.conv_lora_gate[adapter_name](z)  # (N, M), ()
+        return z, gates, self.conv_lora_experts[adapter_name].route(gates), loss
+
     def add_adapter_output(
-        self, adapter_name: str, x: torch.Tensor, result: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`result + (alpha / r) * B(z + experts(z))` for x (N, h, w, in), and the adapter's balance loss (0-dim).
+        self,
+        adapter_name: str,
+        z: torch.Tensor,
+        gates: torch.Tensor,
+        routing: ExpertRouting,
+        result: torch.Tensor,
+    ) -> torch.Tensor:
+        """`result + (alpha / r) * B(z + experts(z))` for z (N, r, h, w) from `bottleneck` and result (N, h, w, out).
 
         The up-projection and the scaling are fused into one `addmm` onto `result` (N * h * w, out): the output is
         the layer's largest tensor, so it is read and written once rather than once per elementwise step.
         """
-        down = self.conv_lora_A[adapter_name]
-        x = self._cast_input_dtype(x, down.weight.dtype)
-        z = down(self.conv_lora_dropout[adapter_name](x)).permute(0, 3, 1, 2).contiguous()  # (N, r, h, w)
-        gates, loss = self.conv_lora_gate[adapter_name](z)  # (N, M), ()
-        z = z + self.conv_lora_experts[adapter_name](z, gates)
+        z = z + self.conv_lora_experts[adapter_name](z, gates, routing=routing)
         z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N * h * w, r)
         up = (self.conv_lora_B[adapter_name].weight * self.scaling[adapter_name]).t()  # (r, out)
         flat = result.reshape(-1, result.shape[-1])
-        return torch.addmm(flat, z.to(flat.dtype), up.to(flat.dtype)).view(result.shape), loss
+        return torch.addmm(flat, z.to(flat.dtype), up.to(flat.dtype)).view(result.shape)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         self.auxiliary_loss_slot.value = None
-        result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters:
-            return result
+            return self.base_layer(x, *args, **kwargs)
         if x.ndim != 4:
             raise ValueError(
                 f"Conv-LoRA expects channels-last 4-D input (batch or windows, height, width, channels) as SAM's "
                 f"vision blocks give to their qkv; got a {x.ndim}-D tensor of shape {tuple(x.shape)}."
             )
+        # The adapters route their windows before the base projection runs: on a GPU the host then waits for the
+        # routing's one device-to-host copy while the device is still busy with that projection.
+        adapters = [name for name in self.active_adapters if name in self.conv_lora_A]
+        bottlenecks = [self.bottleneck(name, x) for name in adapters]
+        result = self.base_layer(x, *args, **kwargs)
         total_loss = None
-        for adapter_name in self.active_adapters:
-            if adapter_name not in self.conv_lora_A:
-                continue
-            result, loss = self.add_adapter_output(adapter_name, x, result)
+        for name, (z, gates, routing, loss) in zip(adapters, bottlenecks, strict=True):
+            result = self.add_adapter_output(name, z, gates, routing, result)
             total_loss = loss if total_loss is None else total_loss + loss
         self.auxiliary_loss_slot.value = total_loss
         return result
