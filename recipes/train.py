@@ -224,7 +224,7 @@ def main() -> None:
         )
         card.save(output_dir / "README.md")
         shutil.rmtree(best_dir, ignore_errors=True)
-        accelerator.print(json.dumps(final, indent=2))
+        accelerator.print(json.dumps({k: v for k, v in final.items() if k != "train_log"}, indent=2))
         if train_args.push_to_hub:
             from sam_peft.hub import push_run
 
