@@ -124,6 +124,14 @@ def balanced_bce_loss(logits: Tensor, labels: Tensor, ignore_index: int | None =
     return num_pos / (num_pos + num_neg).clamp_min(1) * mean_bce
 
 
+def _mean_bce_and_probabilities(logits: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """BCE averaged over the non-ignored pixels (0-dim), and the probabilities with ignored pixels at 0,
+    `(B, 1, H, W)`: what the BCE + region losses share."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    mean_bce = (bce * valid).sum() / valid.sum().clamp_min(1)
+    return mean_bce, torch.sigmoid(logits) * valid
+
+
 def bce_dice_loss(logits: Tensor, labels: Tensor, ignore_index: int | None = DEFAULT_IGNORE_INDEX) -> Tensor:
     """BCE averaged over the non-ignored pixels plus the soft dice loss averaged over images.
 
@@ -139,9 +147,7 @@ def bce_dice_loss(logits: Tensor, labels: Tensor, ignore_index: int | None = DEF
         0-dim loss.
     """
     logits, target, valid = _binary_targets(logits, labels, ignore_index)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    mean_bce = (bce * valid).sum() / valid.sum().clamp_min(1)
-    prob = torch.sigmoid(logits) * valid
+    mean_bce, prob = _mean_bce_and_probabilities(logits, target, valid)
     # (B, 1) per-image terms
     numerator = 2 * (prob * target).sum(dim=(2, 3))
     denominator = prob.sum(dim=(2, 3)) + (target * valid).sum(dim=(2, 3))
@@ -164,9 +170,7 @@ def bce_iou_loss(logits: Tensor, labels: Tensor, ignore_index: int | None = DEFA
         0-dim loss.
     """
     logits, target, valid = _binary_targets(logits, labels, ignore_index)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    mean_bce = (bce * valid).sum() / valid.sum().clamp_min(1)
-    prob = torch.sigmoid(logits) * valid
+    mean_bce, prob = _mean_bce_and_probabilities(logits, target, valid)
     target = target * valid
     # (B, 1) per-image terms
     intersection = (prob * target).sum(dim=(2, 3))

@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
 
+from ..side_layers import BaseLayerAttributes, UnmergeableLayer
 from .adapter import ConvAdapter
 from .config import CadConfig
 
 
-class CadLayer(BaseTunerLayer):
+class CadLayer(UnmergeableLayer):
     """Adapter state of a CAD-wrapped vision encoder: per adapter, its `ConvAdapter` and output scale."""
 
     adapter_layer_names = ("cad_adapter",)
     other_param_names = ("cad_scale",)
+    method = "CAD"
+    merge_refusal = (
+        "CAD is a separate network beside the frozen encoder whose output is added to the image embedding, so "
+        "there is no weight to merge it into."
+    )
 
     def __init__(self, base_layer: nn.Module) -> None:
-        self.base_layer = base_layer
+        self._init_base_layer(base_layer)
         self.cad_adapter = nn.ModuleDict({})
         self.cad_scale: dict[str, float] = {}
-        self._disable_adapters = False
-        self.merged_adapters = []
 
     def update_layer(self, adapter_name: str, config: CadConfig) -> None:
         """Create adapter `adapter_name` from `config` on the encoder's device (kept in float32)."""
@@ -34,14 +36,8 @@ class CadLayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple[torch.device | None, None]:
-        # The encoder has no `weight` of its own. The adapter stays in float32 whatever the encoder's dtype: its
-        # BatchNorm statistics are buffers, which peft's adapter upcasting would leave in half precision.
-        parameter = next(base_layer.parameters(), None)
-        return (parameter.device if parameter is not None else None), None
 
-
-class CadVisionEncoder(nn.Module, CadLayer):
+class CadVisionEncoder(BaseLayerAttributes, CadLayer):
     """SAM's vision encoder with CAD adapters: `last_hidden_state = encoder(x) + sum_a scale_a * adapter_a(x)`.
 
     With an active adapter the wrapped encoder runs under `torch.no_grad()`, so none of its activations are kept
@@ -56,19 +52,6 @@ class CadVisionEncoder(nn.Module, CadLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
-
-    def _adapters_in_use(self) -> list[str]:
-        if self.disable_adapters:
-            return []
-        return [name for name in self.active_adapters if name in self.cad_adapter]
-
     def add_adapter_outputs(self, embeddings: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """`embeddings + sum_a scale_a * adapter_a(pixel_values)` over the active adapters, (B, C, h, w).
 
@@ -76,7 +59,7 @@ class CadVisionEncoder(nn.Module, CadLayer):
             embeddings: `(B, C, h, w)` output of the frozen encoder, e.g. from an embedding cache.
             pixel_values: `(B, 3, H, W)` the encoder's normalised input.
         """
-        for name in self._adapters_in_use():
+        for name in self._adapters_in_use(self.cad_adapter):
             adapter_output = self.cad_adapter[name](pixel_values, tuple(embeddings.shape[-2:]))
             if adapter_output.shape != embeddings.shape:
                 raise ValueError(
@@ -115,7 +98,7 @@ class CadVisionEncoder(nn.Module, CadLayer):
                 `model(pixel_values=..., encoder_embeddings=...)` works from the top (and stays inside the
                 model's forward, as DDP wants).
         """
-        in_use = self._adapters_in_use()
+        in_use = self._adapters_in_use(self.cad_adapter)
         if encoder_embeddings is not None:
             outputs = SamVisionEncoderOutput(last_hidden_state=encoder_embeddings)
         elif not in_use:
@@ -130,16 +113,6 @@ class CadVisionEncoder(nn.Module, CadLayer):
             return (self.add_adapter_outputs(outputs[0], pixel_values), *outputs[1:])
         outputs.last_hidden_state = self.add_adapter_outputs(outputs.last_hidden_state, pixel_values)
         return outputs
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "CAD adapters cannot be merged: CAD is a separate network beside the frozen encoder whose output is "
-            "added to the image embedding, so there is no weight to merge it into. Keep the adapter as it is, or "
-            "use `unload()` to get the original encoder back."
-        )
-
-    def unmerge(self) -> None:
-        warnings.warn("Nothing to unmerge: CAD adapters are never merged.", stacklevel=2)
 
     def __repr__(self) -> str:
         return "cad." + super().__repr__()

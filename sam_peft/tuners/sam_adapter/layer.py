@@ -7,15 +7,14 @@ prompt width, p the patch size.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..cad.frequency import high_pass_magnitude
+from ..side_layers import BaseLayerAttributes, UnmergeableLayer
 from .config import SamAdapterConfig
 
 
@@ -46,49 +45,21 @@ def _init_linear(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
-class SamAdapterLayer(BaseTunerLayer):
+class SamAdapterLayer(UnmergeableLayer):
     """What SAM-Adapter's two layer kinds share: the base layer, the prompt features, no merging."""
 
+    method = "SAM-Adapter"
+    merge_refusal = (
+        "its prompts are computed from each image (its high-frequency content and patch embeddings) and added to "
+        "the tokens, which no fixed weight can express."
+    )
+
     def __init__(self, base_layer: nn.Module, prompt_features: PromptFeatures) -> None:
-        self.base_layer = base_layer
+        self._init_base_layer(base_layer)
         self.prompt_features = prompt_features
-        self._disable_adapters = False
-        self.merged_adapters = []
-
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple[torch.device | None, None]:
-        # Neither base layer has a `weight` of its own; the adapters stay in float32 (cast at their inputs).
-        parameter = next(base_layer.parameters(), None)
-        return (parameter.device if parameter is not None else None), None
-
-    def _adapters_in_use(self, adapter_dict: nn.ModuleDict) -> list[str]:
-        if self.disable_adapters:
-            return []
-        return [name for name in self.active_adapters if name in adapter_dict]
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "SAM-Adapter cannot be merged: its prompts are computed from each image (its high-frequency content and "
-            "patch embeddings) and added to the tokens, which no fixed weight can express. Keep the adapter as it "
-            "is, or use `unload()` to get the original model back."
-        )
-
-    def unmerge(self) -> None:
-        warnings.warn("Nothing to unmerge: SAM-Adapter is never merged.", stacklevel=2)
 
 
-class _BaseLayerAttributes(nn.Module):
-    """Attributes a wrapped layer lacks are its base layer's (e.g. SAM-HQ reads `window_size` of each block)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
-
-
-class PromptGenerator(_BaseLayerAttributes, SamAdapterLayer):
+class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
     """SAM's patch embedding, publishing each active adapter's prompt features for the blocks.
 
     `features = Linear(C, d)(patches) + Conv2d(3, d, p, stride=p)(high_pass(pixel_values))`, (B, h, w, d), where
@@ -152,7 +123,7 @@ class PromptGenerator(_BaseLayerAttributes, SamAdapterLayer):
         return "sam_adapter." + super().__repr__()
 
 
-class PromptedBlock(_BaseLayerAttributes, SamAdapterLayer):
+class PromptedBlock(BaseLayerAttributes, SamAdapterLayer):
     """A vision block whose input gets each active adapter's prompt: `block(x + shared(GELU(mlp(features))))`.
 
     x is channels-last (B, h, w, C); the features (B, h, w, d) and `shared` come from the encoder's

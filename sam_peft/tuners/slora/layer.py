@@ -9,14 +9,13 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..side_layers import BaseLayerAttributes, UnmergeableLayer
 from .config import SloraConfig
 from .heat_map import points_to_heat_map
 
@@ -110,48 +109,18 @@ class SloraSharedState:
             self.heat_map = None
 
 
-class SloraLayer(BaseTunerLayer):
+class SloraLayer(UnmergeableLayer):
     """What SLoRA's two layer kinds share: the base layer, the shared state, no merging."""
 
+    method = "SLoRA"
+    merge_refusal = (
+        "its branch runs beside the whole attention module (there is no single weight to fold it into), the "
+        "LayerNorm on A(x) makes it non-linear, and the prompt features depend on each image's points."
+    )
+
     def __init__(self, base_layer: nn.Module, shared_state: SloraSharedState) -> None:
-        self.base_layer = base_layer
+        self._init_base_layer(base_layer)
         self.shared_state = shared_state
-        self._disable_adapters = False
-        self.merged_adapters = []
-
-    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple[torch.device | None, None]:
-        # Neither base layer has a `weight` of its own. The adapters stay in float32 and cast at their inputs and
-        # outputs, as peft's adapter upcasting does for LoRA.
-        parameter = next(base_layer.parameters(), None)
-        return (parameter.device if parameter is not None else None), None
-
-    def _adapters_in_use(self, adapter_dict: nn.ModuleDict) -> list[str]:
-        if self.disable_adapters:
-            return []
-        return [name for name in self.active_adapters if name in adapter_dict]
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "SLoRA cannot be merged into the base weights: its branch runs beside the whole attention module (there "
-            "is no single weight to fold it into), the LayerNorm on A(x) makes it non-linear, and the prompt features "
-            "depend on each image's points. Keep the adapter as it is, or use `unload()` to get the original model "
-            "back."
-        )
-
-    def unmerge(self) -> None:
-        warnings.warn("Nothing to unmerge: SLoRA adapters are never merged.", stacklevel=2)
-
-
-class _BaseLayerAttributes(nn.Module):
-    """Attributes a wrapped layer lacks are its base layer's (e.g. `num_attention_heads`, the neck's `config`)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
 
 
 def _zero_or_default(layer: nn.Linear, zero: bool) -> nn.Linear:
@@ -161,7 +130,7 @@ def _zero_or_default(layer: nn.Linear, zero: bool) -> nn.Linear:
     return layer
 
 
-class SloraAttention(_BaseLayerAttributes, SloraLayer):
+class SloraAttention(BaseLayerAttributes, SloraLayer):
     """The attention module of a vision block with SLoRA: `attn(x) + sum_a B_a(LN1_a(A_a(x)) + LN2_a(H_a))`.
 
     x is the attention's channels-last input (N, h, w, C): the whole grid in global blocks, windows of it in windowed
@@ -253,7 +222,7 @@ class SloraAttention(_BaseLayerAttributes, SloraLayer):
         return "slora." + super().__repr__()
 
 
-class SloraNeck(_BaseLayerAttributes, SloraLayer):
+class SloraNeck(BaseLayerAttributes, SloraLayer):
     """SAM's vision neck with SLoRA's prompt features: `neck(x + sum_a In_a(H_a)) + sum_a Out_a(H_a)`.
 
     x is the last block's output (B, g, g, C), the neck's output (B, C_out, g, g) channels-first; H_a (B, g, g, r)
