@@ -8,8 +8,10 @@ whole set (`SODMetrics`, what the evaluate module runs), so the four-metric rati
 `--dtype float32` (or float64) ours gets the maps as probabilities `map / 255`, as a model's output would be,
 which takes its per-pixel path instead of the 256-level histograms of uint8 maps; PySODMetrics still reads the
 uint8 maps (float32 rounding moves the values by about 1e-8). Runs alternate A B C A B C after a warm-up and
-the medians are reported (benchmarks.md). Both run on one thread: numpy here, and `--threads` torch threads
-(default 1) for ours. The last line printed is the four-metric ratio, then the whole-set ratio.
+the medians are reported (benchmarks.md). PySODMetrics runs on one thread (numpy); ours runs with `--threads`
+torch threads (default 1, the like-for-like comparison) and, on CPU, again with `--parallel-threads` (default:
+every core), which is what a user gets by default: the images' distance transforms then run in parallel. The
+last line printed is the four-metric ratio, then the whole-set ratio, at `--threads`.
 
     python benchmarks/metrics_speed.py
     python benchmarks/metrics_speed.py --dtype float32
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import py_sod_metrics
 import torch
+from _common import run_record
 
 import sam_peft.metrics as metrics
 
@@ -93,32 +97,51 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def with_threads(count: int, fn):
+    """`fn` run with `count` torch threads (the metrics' CPU threads follow torch's setting)."""
+
+    def run():
+        torch.set_num_threads(count)
+        return fn()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--size", type=int, default=352)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of ours' like-for-like run")
+    parser.add_argument(
+        "--parallel-threads", type=int, default=os.cpu_count() or 1, help="torch threads of ours' second CPU run"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("uint8", "float32", "float64"), default="uint8", help="ours' maps")
     parser.add_argument("--output", default="benchmarks/results/metrics_speed.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # PySODMetrics' NaN S-alpha corner case
 
     preds_np, gts_np = make_images(args.images, args.size)
     preds, gts = torch.from_numpy(preds_np).to(args.device), torch.from_numpy(gts_np).to(args.device)
     if args.dtype != "uint8":
         preds = (preds.to(torch.float64) / 255).to(getattr(torch, args.dtype))
-    four, whole, mine = "pysodmetrics (S, E, wF, MAE)", "pysodmetrics (whole set)", "ours, SODMetrics (whole set)"
+    four, whole = "pysodmetrics (S, E, wF, MAE)", "pysodmetrics (whole set)"
+    mine = f"ours, whole set, {args.threads} thread{'s' * (args.threads > 1)}"
     runs = {
         four: lambda: pysod_four(preds_np, gts_np),
         whole: lambda: pysod_whole_set(preds_np, gts_np),
-        mine: lambda: ours(preds, gts, args.chunk_size),
+        mine: with_threads(args.threads, lambda: ours(preds, gts, args.chunk_size)),
     }
-    reference, result = pysod_four(preds_np, gts_np), ours(preds, gts, args.chunk_size)  # warm-up
+    parallel = None
+    if args.device == "cpu" and args.parallel_threads > args.threads:
+        parallel = f"ours, whole set, {args.parallel_threads} threads"
+        runs[parallel] = with_threads(args.parallel_threads, lambda: ours(preds, gts, args.chunk_size))
+    reference, result = pysod_four(preds_np, gts_np), runs[mine]()  # warm-up
     pysod_whole_set(preds_np[:2], gts_np[:2])
+    if parallel is not None:
+        runs[parallel]()
     max_difference = max(abs(reference[name] - result[name]) for name in reference)
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -126,41 +149,39 @@ def main() -> None:
             times[name].append(timed(fn, args.device))
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(
-        f"{args.images} images of {args.size} x {args.size}, {args.dtype} maps for ours, device {args.device}, "
-        f"torch threads {args.threads}"
-    )
+    print(f"{args.images} images of {args.size} x {args.size}, {args.dtype} maps for ours, device {args.device}")
     print(f"{'run':32s} {'median s':>9s} {'ms / image':>11s}")
     for name, median in medians.items():
         print(f"{name:32s} {median:9.3f} {median / args.images * 1e3:11.3f}")
     print(f"largest difference from PySODMetrics over S-alpha, E-phi, weighted F, MAE: {max_difference:.2e}")
-    ratio_four = medians[four] / medians[mine]
-    ratio_all = medians[whole] / medians[mine]
+    ratios = {
+        name: {"s_e_wf_mae": medians[four] / medians[name], "whole_set": medians[whole] / medians[name]}
+        for name in (mine, parallel)
+        if name is not None
+    }
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "benchmark": "metrics_speed",
-        "images": args.images,
-        "size": args.size,
-        "device": args.device,
-        "dtype": args.dtype,
-        "torch_threads": args.threads,
-        "chunk_size": args.chunk_size,
-        "repeats": args.repeats,
-        "times_s": times,
-        "median_s": medians,
-        "speedup_s_e_wf_mae": ratio_four,
-        "speedup_whole_set": ratio_all,
-        "max_abs_difference_from_pysodmetrics": max_difference,
-        "goal": ">= 20x on CPU (benchmarks.md); >= 5x (issue 4)",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-    }
+    record = run_record("metrics_speed", args, args.device, skip=("output",))
+    record.update(
+        times_s=times,
+        median_s=medians,
+        speedup=ratios,
+        max_abs_difference_from_pysodmetrics=max_difference,
+        goal=">= 20x on CPU (benchmarks.md); >= 5x (issue 4)",
+        numpy=np.__version__,
+        machine=platform.machine(),
+    )
     output.write_text(json.dumps(record, indent=2))
-    print(f"speed-up over PySODMetrics: {ratio_four:.2f}x (S, E, wF, MAE), {ratio_all:.2f}x (whole set)")
+    if parallel is not None:
+        print(
+            f"speed-up over PySODMetrics with {args.parallel_threads} threads: "
+            f"{ratios[parallel]['s_e_wf_mae']:.2f}x (S, E, wF, MAE), {ratios[parallel]['whole_set']:.2f}x (whole set)"
+        )
+    print(
+        f"speed-up over PySODMetrics with {args.threads} thread{'s' * (args.threads > 1)}: "
+        f"{ratios[mine]['s_e_wf_mae']:.2f}x (S, E, wF, MAE), {ratios[mine]['whole_set']:.2f}x (whole set)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def test_sod_module_streams_and_returns_plain_floats(tmp_path):
 
 def test_sod_module_by_path_with_options(tmp_path):
     preds, refs = _sod_data(seed=1)
-    module = evaluate.load(sam_peft.metrics.path("sod"), normalize=False, weighted_f_beta=0.3, cache_dir=str(tmp_path))
-    expected = compute_sod_metrics(preds, refs, normalize=False, weighted_f_beta=0.3)
+    options = dict(normalize=False, weighted_f_beta=0.3, num_threads=2)
+    module = evaluate.load(sam_peft.metrics.path("sod"), **options, cache_dir=str(tmp_path))
+    expected = compute_sod_metrics(preds, refs, normalize=False, weighted_f_beta=0.3, num_threads=1)
     assert module.compute(predictions=preds, references=refs) == pytest.approx(expected, abs=1e-12)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -21,6 +22,7 @@ from sam_peft.metrics import (
 )
 from sam_peft.metrics import sod as sod_module
 from sam_peft.metrics._distance import nearest_foreground, nearest_foreground_torch
+from sam_peft.metrics._threads import HostThreads
 
 py_sod_metrics = pytest.importorskip("py_sod_metrics")
 
@@ -303,7 +305,9 @@ def test_device_code_paths_in_the_pipeline(cases, monkeypatch):
     expected = compute_sod_metrics(preds, refs)
     monkeypatch.setattr(sod_module.SODMetrics, "_uses_host", staticmethod(lambda device: False))
     monkeypatch.setattr(sod_module, "nearest_foreground", lambda gt, scratch=None: nearest_foreground_torch(gt))
-    monkeypatch.setattr(sod_module, "_pixel_statistics_host", sod_module._pixel_statistics_torch)
+    monkeypatch.setattr(
+        sod_module, "_pixel_statistics_host", lambda *args, threads: sod_module._pixel_statistics_torch(*args)
+    )
     assert compute_sod_metrics(preds, refs) == pytest.approx(expected, abs=1e-12)
 
 
@@ -324,9 +328,10 @@ def _random_masks(rng: np.random.Generator, count: int, height: int, width: int)
     return masks
 
 
-def test_weighted_f_sums_of_one_image_equal_the_batched_sums():
-    """The CPU path's per-image sums (smoothing only the foreground's box, decay looked up from squared
-    distances) equal the batched torch sums over whole images, also for objects on the border."""
+def test_weighted_f_sums_on_the_host_equal_the_batched_sums():
+    """The CPU path's sums (scipy's transform image by image, in threads; smoothing only the foreground's box;
+    decay looked up from squared distances) equal the batched torch sums over whole images, also for objects
+    on the border, and do not depend on the number of threads."""
     rng = np.random.default_rng(4)
     for height, width in [(40, 40), (23, 57), (64, 31)]:
         gt = torch.from_numpy(_random_masks(rng, 6, height, width))
@@ -335,10 +340,28 @@ def test_weighted_f_sums_of_one_image_equal_the_batched_sums():
         batched = sod_module._weighted_f_sums(error, g, nearest_foreground_torch(gt), sod_module.Scratch())
         row_counts, col_counts = sod_module._foreground_counts(gt)
         boxes = sod_module._foreground_boxes(row_counts, col_counts).tolist()
-        scratch = sod_module.Scratch()
-        for b in range(len(gt)):
-            host = sod_module._weighted_f_sums_host(error[b], None, gt[b], boxes[b], scratch)
-            np.testing.assert_allclose(host, batched[b].numpy(), rtol=1e-12, atol=0)
+        host = [
+            sod_module._weighted_f_sums_host(error, gt, boxes, sod_module.Scratch(), HostThreads(threads))
+            for threads in (1, 3)
+        ]
+        torch.testing.assert_close(host[0], batched, rtol=1e-12, atol=0)
+        assert torch.equal(host[0], host[1])
+
+
+def test_threads_give_the_single_thread_results(cases):
+    """`num_threads` changes where the per-image work runs, never the values; torch's setting is the default."""
+    preds, refs = _torch_cases(cases)
+    single = SODMetrics(num_threads=1)
+    single.update(preds, refs)
+    threaded = SODMetrics(num_threads=4, chunk_size=3)
+    threaded.update(preds, refs)
+    assert threaded.compute() == pytest.approx(single.compute(), abs=1e-15, rel=1e-15)
+    assert threaded._threads._executor is not None  # the pool did start
+    threaded.reset()
+    assert threaded._threads._executor is None
+    assert pickle.loads(pickle.dumps(threaded))._threads.num_threads == 4
+    with pytest.raises(ValueError, match="num_threads must be at least 1"):
+        SODMetrics(num_threads=0)
 
 
 def test_level_histograms_give_the_statistics_of_the_pixels():
@@ -360,7 +383,7 @@ def test_level_histograms_give_the_statistics_of_the_pixels():
                         raw.clone(), gt, normalize, 0.5, sod_module.Scratch(), raw.clone()
                     ),
                     sod_module._pixel_statistics_host(
-                        raw.clone(), gt, normalize, 0.5, sod_module.Scratch(), raw.clone()
+                        raw.clone(), gt, normalize, 0.5, sod_module.Scratch(), raw.clone(), HostThreads(2)
                     ),
                 ):
                     for name in ("counts", "adaptive", "curve", "n_fg"):

@@ -15,8 +15,6 @@ that rule exactly:
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
@@ -45,47 +43,50 @@ def nearest_foreground(gt: torch.Tensor, scratch: Scratch | None = None) -> tupl
     return nearest_foreground_torch(gt)
 
 
-def feature_transform_host(gt: np.ndarray, scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest foreground pixel of every pixel of one mask, with scipy, and the squared distance to it.
+def feature_transform_host(gt: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Nearest foreground pixel of every pixel of one mask, with scipy (which releases the GIL meanwhile, so
+    several images can run in threads).
 
     Args:
         gt: (H, W) bool mask with at least one foreground pixel.
-        scratch: work tensors to reuse (the results are among them, overwritten by the next call).
+        features: (2, H, W) int32 array to write the result into.
 
     Returns:
-        features: (2, H, W) int32 row and column of the nearest foreground pixel.
-        squared: (H, W) int32 squared Euclidean distance to it (exact: scipy takes the square roots of the
-            same integers).
+        `features`: the row and the column of the nearest foreground pixel.
     """
-    height, width = gt.shape
-    features = scratch.get("features", (2, height, width), torch.int32, _CPU)
-    squared = scratch.get("squared", (height, width), torch.int32, _CPU)
-    col_offset = scratch.get("col_offset", (height, width), torch.int32, _CPU)
-    background = np.logical_not(gt, out=scratch.get("background", (height, width), torch.bool, _CPU).numpy())
-    distance_transform_edt(background, return_distances=False, return_indices=True, indices=features.numpy())
-    torch.sub(features[0], _arange(height).view(height, 1), out=squared)
-    squared.mul_(squared)
-    torch.sub(features[1], _arange(width), out=col_offset)
-    return features.numpy(), squared.addcmul_(col_offset, col_offset).numpy()
+    background = np.logical_not(gt)
+    distance_transform_edt(background, return_distances=False, return_indices=True, indices=features)
+    return features
 
 
-@functools.cache
-def _arange(size: int) -> torch.Tensor:
-    """int32 0, 1, ..., size - 1 on the CPU (shared: never modified)."""
-    return torch.arange(size, dtype=torch.int32)
+def squared_distances(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distance from every pixel to its feature (exact integers).
+
+    Args:
+        features: (..., 2, H, W) int32 row and column of every pixel's nearest foreground pixel.
+        out: (..., H, W) int32 tensor to write into (a new one by default).
+
+    Returns:
+        (..., H, W) int32.
+    """
+    height, width = features.shape[-2:]
+    feature_rows, feature_cols = features.unbind(dim=-3)
+    if out is None:
+        out = torch.empty_like(feature_rows)
+    rows = torch.arange(height, dtype=torch.int32, device=features.device).view(height, 1)
+    cols = torch.arange(width, dtype=torch.int32, device=features.device)
+    col_offset = feature_cols - cols
+    torch.sub(feature_rows, rows, out=out).mul_(out)
+    return out.addcmul_(col_offset, col_offset)
 
 
 def _nearest_foreground_scipy(gt: torch.Tensor, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor]:
-    width = gt.shape[2]
-    index = scratch.like("nearest_index", gt, torch.int64)
-    distance = scratch.like("nearest_distance", gt, torch.float64)
-    index_np, distance_np = index.numpy(), distance.numpy()
-    for b, mask in enumerate(gt.numpy()):
-        (feature_row, feature_col), squared = feature_transform_host(mask, scratch)
-        np.multiply(feature_row, width, out=index_np[b])
-        np.add(index_np[b], feature_col, out=index_np[b])
-        np.sqrt(squared, out=distance_np[b])
-    return index, distance
+    batch, height, width = gt.shape
+    features = scratch.get("features", (batch, 2, height, width), torch.int32, _CPU)
+    for mask, out in zip(gt.numpy(), features.numpy(), strict=True):
+        feature_transform_host(mask, out)
+    index = torch.mul(features[:, 0].to(torch.int64), width).add_(features[:, 1])
+    return index, squared_distances(features).to(torch.float64).sqrt_()
 
 
 def nearest_foreground_torch(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

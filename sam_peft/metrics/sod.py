@@ -20,12 +20,13 @@ makes):
   histogram per image of (S-alpha quadrant, ground truth, level) (`level_histograms`): a single counting pass
   over the pixels. The reference's per-pixel arithmetic (normalisation, `uint8(pred * 255)`, thresholds) is
   applied to the 256 level values, so only the order of summation differs.
-- floating point predictions: on CPU with numpy, whose comparisons are several times faster than torch's, and
-  one histogram per image for the binary, adaptive and 256-threshold counts; elsewhere with the batched
-  per-pixel functions below (`pixel_statistics`).
+- floating point predictions: on CPU with numpy, whose comparisons are several times faster than torch's,
+  S-alpha's sums half an image at a time, and one histogram per image for the binary, adaptive and
+  256-threshold counts; elsewhere with the batched per-pixel functions below (`pixel_statistics`).
 - weighted F on CPU: image by image with scipy's feature transform, the decay weights looked up from the exact
   integer squared distances, and the Gaussian smoothing only over the foreground's bounding box, the only
   place where the smoothed error is used. On other devices: batched torch (`weighted_f_measure`).
+- on CPU, the image-by-image numpy and scipy work runs in `HostThreads` (as many threads as torch uses).
 - the per-image values of up to a few hundred images are then reduced together.
 
 Deliberate differences from PySODMetrics:
@@ -46,9 +47,10 @@ import numpy as np
 import torch
 from scipy.ndimage import correlate1d
 
-from ._distance import feature_transform_host, nearest_foreground
+from ._distance import feature_transform_host, nearest_foreground, squared_distances
 from ._inputs import first_failing, group_by_size
 from ._scratch import Scratch
+from ._threads import HostThreads
 
 EPS = 2.220446049250313e-16  # numpy.spacing(1), the epsilon of the reference code
 NUM_THRESHOLDS = 256
@@ -435,9 +437,13 @@ class ErrorMaps:
     boxes: torch.Tensor
     has_fg: torch.Tensor
 
-    def dense(self) -> torch.Tensor:
-        """(B, H, W) float64 errors."""
-        return self.values if self.table is None else self.table[self.values]
+    def dense(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W) float64 errors: `values`, or the table looked up into `out` (a new tensor by default)."""
+        if self.table is None:
+            return self.values
+        if out is None:
+            out = torch.empty(self.values.shape, dtype=self.table.dtype, device=self.table.device)
+        return torch.index_select(self.table, 0, self.values.view(-1), out=out.view(-1)).view(self.values.shape)
 
 
 def _foreground_counts(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -613,16 +619,17 @@ def pixel_statistics(
     threshold: float = 0.5,
     scratch: Scratch | None = None,
     error: torch.Tensor | None = None,
+    threads: HostThreads | None = None,
 ) -> tuple[BatchStatistics, ErrorMaps]:
     """Statistics of (B, H, W) float64 predictions `raw` in [0, 1] (overwritten when `normalize`), and their
     error maps (written into `error`, a (B, H, W) float64 tensor, if given); `gt`, `normalize` and `threshold`
-    as in `level_statistics`. On CPU with numpy (`_pixel_statistics_host`), elsewhere with the batched
-    per-pixel functions (`_pixel_statistics_torch`)."""
+    as in `level_statistics`. On CPU with numpy (`_pixel_statistics_host`, part of it image by image in
+    `threads`), elsewhere with the batched per-pixel functions (`_pixel_statistics_torch`)."""
     scratch = scratch or Scratch()
     if error is None:
         error = torch.empty_like(raw)
     if raw.device.type == "cpu":
-        return _pixel_statistics_host(raw, gt, normalize, threshold, scratch, error)
+        return _pixel_statistics_host(raw, gt, normalize, threshold, scratch, error, threads=threads or HostThreads(1))
     return _pixel_statistics_torch(raw, gt, normalize, threshold, scratch, error)
 
 
@@ -647,59 +654,67 @@ def _pixel_statistics_torch(
 
 
 def _pixel_statistics_host(
-    raw: torch.Tensor, gt: torch.Tensor, normalize: bool, threshold: float, scratch: Scratch, error: torch.Tensor
+    raw: torch.Tensor,
+    gt: torch.Tensor,
+    normalize: bool,
+    threshold: float,
+    scratch: Scratch,
+    error: torch.Tensor,
+    threads: HostThreads,
 ) -> tuple[BatchStatistics, ErrorMaps]:
-    """`pixel_statistics` on CPU tensors, where numpy compares several times faster than torch. One histogram
-    per image of (at the adaptive threshold, above the binary threshold, ground truth, `uint8(pred * 255)`)
-    gives the binary, adaptive and threshold counts; S-alpha's quadrant sums are sums over row halves."""
+    """`pixel_statistics` on CPU tensors (numpy compares and reduces several times faster than torch there),
+    with few passes over the float64 maps:
+
+    - S-alpha's quadrant sums and the error maps, half an image at a time (`_quadrant_sums_host`, in
+      `threads`); the adaptive threshold and the error sum follow from the sums.
+    - One histogram per image of (S-alpha quadrant, at the adaptive threshold, above the binary threshold,
+      ground truth, `uint8(pred * 255)`) gives the binary, adaptive and threshold counts and the foreground
+      pixels of every quadrant. The five flags are assembled in bytes and added to the levels in one pass.
+    """
     batch, height, width = gt.shape
     n_total = height * width
     gt_bytes = gt.numpy().view(np.uint8)
     row_counts, col_counts = _foreground_counts(gt)
     n_fg = col_counts.sum(dim=1).to(torch.int64)
     cx, cy = _centroid(col_counts, n_fg), _centroid(row_counts, n_fg)
-    mask = scratch.like("mask", gt)
-    bins = scratch.like("bins", gt, torch.int32)
-    np.greater(raw.numpy(), threshold, out=mask.numpy())
+    positive = np.greater(raw.numpy(), threshold, out=scratch.like("positive", gt).numpy())
     pred = _min_max_(raw) if normalize else raw
     pred_np = pred.numpy()
-    adaptive_threshold = (2 * pred.mean(dim=(1, 2))).clamp(max=1).numpy()[:, None, None]
-    # Bin: (((image * 2 + at_adaptive) * 2 + positive) * 2 + foreground) * 256 + uint8(pred * 255).
-    bins.copy_(torch.mul(pred, 255, out=scratch.like("scaled", pred)))  # truncation, as numpy's astype(uint8)
-    bins.add_(torch.from_numpy(gt_bytes), alpha=NUM_LEVELS)
-    bins.add_(mask.view(torch.uint8), alpha=2 * NUM_LEVELS)
-    np.greater_equal(pred_np, adaptive_threshold, out=mask.numpy())
-    bins.add_(mask.view(torch.uint8), alpha=4 * NUM_LEVELS)
-    bins.add_(torch.arange(batch, dtype=torch.int32).view(batch, 1, 1) * (8 * NUM_LEVELS))
-    hist = torch.bincount(bins.view(-1), minlength=batch * 8 * NUM_LEVELS).view(batch, 2, 2, 2, NUM_LEVELS)
-    by_gt = hist.sum(dim=(1, 2))
-    above = by_gt.flip(dims=(2,)).cumsum(dim=2)
-    at_adaptive = hist[:, 1].sum(dim=(1, 3))
-    positive = hist[:, :, 1].sum(dim=(1, 3))
 
-    g = scratch.like("gt", pred).numpy()
-    np.copyto(g, gt_bytes)
-    error_np = error.numpy()
-    np.abs(np.subtract(pred_np, g, out=error_np), out=error_np)
-    squared = np.multiply(pred_np, pred_np, out=scratch.like("pred_squared", pred).numpy())
-    in_fg = np.multiply(pred_np, g, out=scratch.like("pred_fg", pred).numpy())
-    quadrant_sums = np.zeros((4, batch, 2, 2))  # prediction, its square, ground truth, prediction in the foreground
-    for b, (x, y) in enumerate(zip(cx.to(torch.int64).tolist(), cy.to(torch.int64).tolist(), strict=True)):
-        for k, maps in enumerate((pred_np, squared, g, in_fg)):
-            for i, half in enumerate((maps[b, :y], maps[b, y:])):
-                columns = half.sum(axis=0)
-                quadrant_sums[k, b, i] = columns[:x].sum(), columns[x:].sum()
-    p, pp, g_sums, pg = torch.from_numpy(quadrant_sums).unbind(0)
-    rows = torch.stack([cy, height - cy], dim=1)
+    p, pp, pg, fg_pp = _quadrant_sums_host(pred_np, gt_bytes, cx, cy, error.numpy(), threads)
+    total_p, total_pg = p.sum(dim=(1, 2)), pg.sum(dim=(1, 2))
+
+    # Flags of every pixel, one byte: foreground, positive, adaptive, bottom, right.
+    adaptive_threshold = (2 * total_p / n_total).clamp(max=1).numpy()[:, None, None]
+    adaptive = np.greater_equal(pred_np, adaptive_threshold, out=scratch.like("adaptive", gt).numpy())
+    right = (torch.arange(width) >= cx[:, None]).to(torch.uint8).mul_(16)
+    bottom = (torch.arange(height) >= cy[:, None]).to(torch.uint8).mul_(8)
+    flags = scratch.like("flags", gt, torch.uint8)
+    torch.add(bottom[:, :, None], right[:, None, :], out=flags)
+    flags_np = flags.numpy()
+    np.add(flags_np, gt_bytes, out=flags_np)
+    np.add(flags_np, np.left_shift(positive.view(np.uint8), 1), out=flags_np)
+    np.add(flags_np, np.left_shift(adaptive.view(np.uint8), 2), out=flags_np)
+    bins = scratch.like("bins", gt, torch.int32)
+    np.multiply(pred_np, 255, out=bins.numpy(), casting="unsafe")  # truncation, as numpy's astype(uint8)
+    bins.add_(flags, alpha=NUM_LEVELS)
+    hist = torch.stack([torch.bincount(image.view(-1), minlength=32 * NUM_LEVELS) for image in bins])
+    hist = hist.view(batch, 2, 2, 2, 2, 2, NUM_LEVELS)  # right, bottom, adaptive, positive, foreground, level
+    by_gt = hist.sum(dim=(1, 2, 3, 4))  # (B, 2, 256): background, foreground
+    above = by_gt.flip(dims=(2,)).cumsum(dim=2)
+    at_adaptive = hist[:, :, :, 1].sum(dim=(1, 2, 3, 5))
+    positive_counts = hist[:, :, :, :, 1].sum(dim=(1, 2, 3, 5))
+    g_sums = hist[..., 1, :].sum(dim=(3, 4, 5)).transpose(1, 2).to(torch.float64)
+
     sums = QuadrantSums(
-        n=rows[:, :, None] * torch.stack([cx, width - cx], dim=1)[:, None, :],
+        n=torch.stack([cy, height - cy], dim=1)[:, :, None] * torch.stack([cx, width - cx], dim=1)[:, None, :],
         p=p,
         pp=pp,
         g=g_sums,
         pg=pg,
-        fg_pp=_dot(torch.from_numpy(in_fg), torch.from_numpy(in_fg)),
+        fg_pp=fg_pp,
     )
-    true_pos, false_pos = positive[:, 1], positive[:, 0]
+    true_pos, false_pos = positive_counts[:, 1], positive_counts[:, 0]
     false_neg = n_fg - true_pos
     stats = BatchStatistics(
         counts=torch.stack([true_pos, false_pos, false_neg, n_total - true_pos - false_pos - false_neg], dim=1),
@@ -707,9 +722,49 @@ def _pixel_statistics_host(
         curve=(above[:, 1], above[:, 0]),
         n_fg=n_fg,
         s_alpha=_s_measure_from_sums(sums, n_fg, cx, cy, (height, width), 0.5),
-        error_sum=error.sum(dim=(1, 2)),
+        # sum of |pred - gt| = background pred + foreground (1 - pred)
+        error_sum=total_p - 2 * total_pg + n_fg.to(torch.float64),
     )
     return stats, ErrorMaps(error, None, _foreground_boxes(row_counts, col_counts), n_fg > 0)
+
+
+def _quadrant_sums_host(
+    pred: np.ndarray, gt: np.ndarray, cx: torch.Tensor, cy: torch.Tensor, error: np.ndarray, threads: HostThreads
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """S-alpha's sums over the quadrants of CPU maps, and their errors, half an image at a time (a half stays
+    in the CPU's cache while it is read several times; whole maps of a chunk do not), images in `threads`.
+
+    Args:
+        pred: (B, H, W) float64 predictions.
+        gt: (B, H, W) uint8 0/1 ground truth.
+        cx, cy: (B,) float64 centroids (`_centroid`): rows above `cy` and columns left of `cx` are the top and
+            left quadrants.
+        error: (B, H, W) float64 array to write |pred - gt| into.
+        threads: where the images are processed (numpy only).
+
+    Returns:
+        p, pp, pg: (B, 2, 2) float64 sums of pred, pred^2 and pred in the foreground over [top, bottom] x
+        [left, right]; fg_pp: (B,) float64 sum of pred^2 over the foreground. Each quadrant is summed directly,
+        so a quadrant that holds only zeros sums to exactly 0 (S-alpha treats that case specially).
+    """
+    sums = np.zeros((3, len(pred), 2, 2))
+    fg_pp = np.zeros(len(pred))
+    centroids = list(zip(cx.to(torch.int64).tolist(), cy.to(torch.int64).tolist(), strict=True))
+
+    def one_image(b: int) -> None:
+        x, y = centroids[b]
+        for i, rows in enumerate((slice(0, y), slice(y, None))):
+            half, half_gt, half_error = pred[b, rows], gt[b, rows], error[b, rows]
+            pred_fg = np.multiply(half, half_gt, out=half_error)  # the error's memory, until it is written
+            fg_pp[b] += np.einsum("ij,ij->", pred_fg, half)
+            columns = (half.sum(axis=0), np.einsum("ij,ij->j", half, half), pred_fg.sum(axis=0))
+            for k, column_sums in enumerate(columns):
+                sums[k, b, i] = column_sums[:x].sum(), column_sums[x:].sum()
+            np.abs(np.subtract(half, half_gt, out=half_error), out=half_error)
+
+    threads.map(one_image, range(len(pred)))
+    p, pp, pg = torch.from_numpy(sums).unbind(0)
+    return p, pp, pg, torch.from_numpy(fg_pp)
 
 
 def _gaussian_weights(size: int = 7, sigma: float = 5.0) -> list[float]:
@@ -772,9 +827,18 @@ def weighted_f_measure(pred: torch.Tensor, gt: torch.Tensor, beta: float = 1.0) 
 def _weighted_f_sums(
     error: torch.Tensor, g: torch.Tensor, nearest: tuple[torch.Tensor, torch.Tensor], scratch: Scratch
 ) -> torch.Tensor:
-    """`_weighted_f_sums_host` of a batch of images with foreground, batched on their device, from `error` =
-    |pred - gt| and `g` = gt ((B, H, W) float64) and `nearest_foreground(gt)` (whose distances it overwrites):
-    (B, 3) float64."""
+    """The sums behind the weighted F of a batch of images with foreground, batched on their device.
+
+    Args:
+        error: (B, H, W) float64 |pred - gt|.
+        g: (B, H, W) float64 ground truth.
+        nearest: `nearest_foreground(gt)`, whose distances are overwritten.
+        scratch: work tensors to reuse.
+
+    Returns:
+        (B, 3) float64: the sum over the foreground of min(error, smoothed error), the sum of the error over
+        the foreground, and the sum of error * exp(log(0.5) / 5 * distance to the foreground).
+    """
     index, distance = nearest
     error_at_nearest = scratch.like("error_at_nearest", error)
     torch.gather(error.flatten(1), 1, index.flatten(1), out=error_at_nearest.view(error.shape[0], -1))
@@ -787,7 +851,7 @@ def _weighted_f_sums(
 
 
 def _weighted_f_from_sums(n_fg: torch.Tensor, error_sum: torch.Tensor, sums: torch.Tensor, beta: float) -> torch.Tensor:
-    """Weighted F (B,) from the foreground pixels (B,), the error sums (B,) and `_weighted_f_sums_host`'s (B, 3)
+    """Weighted F (B,) from the foreground pixels (B,), the error sums (B,) and `_weighted_f_sums`' (B, 3)
     (NaN for images without foreground)."""
     n_fg = n_fg.to(torch.float64)
     weighted_fg, error_fg, error_decay = sums.unbind(dim=1)
@@ -811,48 +875,70 @@ def _decay_table(size: int) -> torch.Tensor:
 
 
 def _weighted_f_sums_host(
-    error: torch.Tensor,
-    table: torch.Tensor | None,
-    gt: torch.Tensor,
-    box: list[int],
-    scratch: Scratch,
-) -> tuple[float, float, float]:
-    """The sums behind the weighted F of one CPU image with foreground.
+    error: torch.Tensor, gt: torch.Tensor, boxes: list[list[int]], scratch: Scratch, threads: HostThreads
+) -> torch.Tensor:
+    """The sums behind the weighted F of CPU images that all have foreground: scipy's feature transform and
+    the foreground sums image by image (in `threads`), then the decay sums batched.
+
+    Args:
+        error: (B, H, W) float64 |pred - gt|.
+        gt: (B, H, W) bool masks.
+        boxes: per image, first and last foreground row, first and last foreground column.
+        scratch: work tensors to reuse.
+        threads: where the per-image work runs.
+
+    Returns:
+        (B, 3) float64, the sums of `_weighted_f_sums`.
+    """
+    batch, height, width = gt.shape
+    features = scratch.get("features", (batch, 2, height, width), torch.int32, error.device)
+    error_np, gt_np, features_np = error.numpy(), gt.numpy(), features.numpy()
+
+    def foreground_sums(b: int) -> tuple[float, float]:
+        feature_transform_host(gt_np[b], features_np[b])
+        return _foreground_sums_host(error_np[b], gt_np[b], features_np[b], boxes[b])
+
+    sums = torch.empty(batch, 3, dtype=torch.float64)
+    sums[:, :2] = torch.tensor(threads.map(foreground_sums, range(batch)), dtype=torch.float64)
+    # Image by image: one image's maps stay in the CPU's cache, a whole chunk's do not.
+    table = _decay_table(height * height + width * width)
+    squared = scratch.get("squared", (height, width), torch.int32, error.device)
+    decay = scratch.get("decay", (height * width,), torch.float64, error.device)
+    for b in range(batch):
+        torch.index_select(table, 0, squared_distances(features[b], out=squared).view(-1), out=decay)
+        sums[b, 2] = torch.dot(error[b].view(-1), decay)
+    return sums
+
+
+def _foreground_sums_host(
+    error: np.ndarray, gt: np.ndarray, features: np.ndarray, box: list[int]
+) -> tuple[float, float]:
+    """The foreground sums behind the weighted F of one image, in numpy and scipy only (it runs in
+    `HostThreads`).
 
     The smoothed error is needed only on the foreground, so the error at the nearest foreground pixel is
     gathered and smoothed only over the foreground's bounding box grown by the Gaussian's radius (zero
     padded only where that box meets the image border, as in the reference).
 
     Args:
-        error: (H, W) float64 |pred - gt|, or int32 indices into `table`.
-        table: (K,) float64 error values, or None.
+        error: (H, W) float64 |pred - gt|.
         gt: (H, W) bool mask.
+        features: (2, H, W) int32 row and column of every pixel's nearest foreground pixel.
         box: first and last foreground row, first and last foreground column.
-        scratch: work tensors to reuse.
 
     Returns:
-        The sum over the foreground of min(error, smoothed error), the sum of the error over the foreground,
-        and the sum of error * exp(log(0.5) / 5 * distance to the foreground).
+        The sum over the foreground of min(error, smoothed error) and the sum of the error over the foreground.
     """
     height, width = gt.shape
-    if table is not None:
-        values = scratch.get("error", (height * width,), torch.float64, error.device)
-        error = torch.index_select(table, 0, error.view(-1), out=values).view(height, width)
-    features, squared = feature_transform_host(gt.numpy(), scratch)
-    decay = scratch.get("decay", (height * width,), torch.float64, error.device)
-    torch.index_select(_decay_table(height * height + width * width), 0, torch.from_numpy(squared).view(-1), out=decay)
-    error_decay = torch.dot(error.view(-1), decay).item()
-
     top, bottom, left, right = box
     rows = slice(max(top - _GAUSSIAN_RADIUS, 0), min(bottom + _GAUSSIAN_RADIUS + 1, height))
     cols = slice(max(left - _GAUSSIAN_RADIUS, 0), min(right + _GAUSSIAN_RADIUS + 1, width))
-    error_np = error.numpy()
-    at_nearest = error_np.reshape(-1)[features[0, rows, cols] * width + features[1, rows, cols]]
+    at_nearest = error.reshape(-1)[features[0, rows, cols] * width + features[1, rows, cols]]
     smoothed = correlate1d(at_nearest, _GAUSSIAN_WEIGHTS_NP, axis=0, mode="constant")
     smoothed = correlate1d(smoothed, _GAUSSIAN_WEIGHTS_NP, axis=1, mode="constant")
-    box_error, box_gt = error_np[rows, cols], gt.numpy()[rows, cols].astype(np.float64)
+    box_error, box_gt = error[rows, cols], gt[rows, cols].astype(np.float64)
     weighted_fg = np.einsum("ij,ij->", np.minimum(smoothed, box_error, out=smoothed), box_gt)
-    return float(weighted_fg), float(np.einsum("ij,ij->", box_error, box_gt)), error_decay
+    return float(weighted_fg), float(np.einsum("ij,ij->", box_error, box_gt))
 
 
 def binary_counts(
@@ -1010,6 +1096,8 @@ class SODMetrics:
         chunk_size: images processed at once. A few (chunk_size, H, W) float64 work tensors are kept between
             `update` calls, because on CPU reusing them is much faster than allocating afresh; `reset` (which
             the evaluate module calls after `compute`) frees them.
+        num_threads: on CPU, threads that compute the weighted F's distance transforms of a chunk's images in
+            parallel (`HostThreads`); None follows `torch.get_num_threads()`. The results do not depend on it.
     """
 
     def __init__(
@@ -1020,6 +1108,7 @@ class SODMetrics:
         threshold: float = 0.5,
         jaccard_threshold: float = 0.65,
         chunk_size: int = 8,
+        num_threads: int | None = None,
     ):
         self.normalize = normalize
         self.weighted_f_beta = weighted_f_beta
@@ -1027,11 +1116,13 @@ class SODMetrics:
         self.threshold = threshold
         self.jaccard_threshold = jaccard_threshold
         self.chunk_size = chunk_size
+        self._threads = HostThreads(num_threads)
         self.reset()
 
     def reset(self) -> None:
-        """Forgets every image seen so far and frees the work tensors."""
+        """Forgets every image seen so far and frees the work tensors and threads."""
         self._scratch = Scratch()
+        self._threads.close()
         self.num_images = 0
         self._sums = torch.zeros(len(_PER_IMAGE), dtype=torch.float64)
         self._curves = torch.zeros(2, NUM_THRESHOLDS, dtype=torch.float64)
@@ -1098,7 +1189,7 @@ class SODMetrics:
             return (histograms, pred), errors, gt
         raw = prepare_predictions(predictions, indices, self._scratch)
         error = self._scratch.like("error", gt, torch.float64)
-        stats, errors = pixel_statistics(raw, gt, self.normalize, self.threshold, self._scratch, error)
+        stats, errors = pixel_statistics(raw, gt, self.normalize, self.threshold, self._scratch, error, self._threads)
         return stats, errors, gt
 
     def _batch_sums(
@@ -1130,22 +1221,23 @@ class SODMetrics:
         )
 
     def _weighted_f_sums(self, errors: ErrorMaps, gt: torch.Tensor) -> torch.Tensor:
-        """(B, 3) float64 sums behind the weighted F (`_weighted_f_sums_host`; zeros for images without
-        foreground): image by image with scipy on the CPU, batched on other devices."""
+        """(B, 3) float64 sums behind the weighted F (`_weighted_f_sums`; zeros for images without foreground):
+        with scipy's feature transform image by image on the CPU (`_weighted_f_sums_host`), batched on other
+        devices."""
         has_fg = errors.has_fg
         sums = torch.zeros(len(gt), 3, dtype=torch.float64, device=gt.device)
         if not bool(has_fg.any()):
             return sums
+        error = errors.dense(self._scratch.like("dense_error", gt, torch.float64))
         if self._uses_host(gt.device):
             images = torch.nonzero(has_fg).flatten().tolist()
             boxes = errors.boxes.tolist()
-            host = [
-                _weighted_f_sums_host(errors.values[b], errors.table, gt[b], boxes[b], self._scratch) for b in images
-            ]
-            sums[images] = torch.tensor(host, dtype=torch.float64)
+            if len(images) < len(gt):
+                error, gt, boxes = error[images], gt[images], [boxes[b] for b in images]
+            sums[images] = _weighted_f_sums_host(error, gt, boxes, self._scratch, self._threads)
             return sums
         gt = gt[has_fg]
-        error = errors.dense()[has_fg]
+        error = error[has_fg]
         sums[has_fg] = _weighted_f_sums(error, gt.to(error.dtype), nearest_foreground(gt, self._scratch), self._scratch)
         return sums
 

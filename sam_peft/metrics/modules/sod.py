@@ -33,6 +33,8 @@ Module options (keyword arguments of `evaluate.load` / `sam_peft.metrics.load`):
         used by the Conv-LoRA code, uses 0.3).
     f_beta2 (float, default 0.3), threshold (float, default 0.5), jaccard_threshold (float, default 0.65),
     chunk_size (int, default 8): images processed at once.
+    num_threads (int, default None): CPU threads for the weighted F's per-image distance transforms; None
+        follows `torch.get_num_threads()`. The values do not depend on it.
 
 Returns:
     dict of floats: s_alpha, e_phi (mean of the 256-threshold curve, what papers report), e_phi_adaptive,
@@ -71,6 +73,7 @@ class Sod(StreamingInputs, evaluate.Metric):
         threshold: float = 0.5,
         jaccard_threshold: float = 0.65,
         chunk_size: int = 8,
+        num_threads: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +89,7 @@ class Sod(StreamingInputs, evaluate.Metric):
             threshold=threshold,
             jaccard_threshold=jaccard_threshold,
             chunk_size=chunk_size,
+            num_threads=num_threads,
         )
         self._metrics = SODMetrics(**self._options)
 
