@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
@@ -19,7 +21,21 @@ class SamPeftTuner(BaseTuner):
     And one default: on a `SamForSemanticSegmentation` the mask decoder (with its class branch) is the task head,
     so it is trained and saved unless the config says otherwise, the way peft trains the classifier of a
     sequence-classification model. An explicit `modules_to_save` (even `[]`) overrides it.
+
+    No sam-peft method can be merged into the base weights; each tuner says why in `merge_refusal`, and
+    `merge_adapter` and `merge_and_unload` raise with that reason.
     """
+
+    merge_refusal: ClassVar[str] = ""
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            f"{self.merge_refusal} Use the model as is, or `unload()` to remove the adapters and get the original "
+            "model back."
+        )
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._check_merge_allowed()
 
     def _prepare_adapter_config(self, peft_config, model_config: dict):
         from ..modeling.semantic_sam import SamForSemanticSegmentation  # lazy: modeling imports the tuners

@@ -29,6 +29,10 @@ class CadModel(SamPeftTuner):
     """
 
     prefix: str = "cad_"
+    merge_refusal = (
+        "CAD adapters cannot be merged: the adapter is a separate CNN whose output is added to the image embedding, "
+        "not a change of any encoder weight, so there is nothing to merge."
+    )
     tuner_layer_cls = CadLayer
     target_module_mapping: ClassVar[dict[str, str]] = {
         "sam": SAM_VISION_ENCODER_TARGET,
@@ -71,13 +75,3 @@ class CadModel(SamPeftTuner):
         pattern = rf"(\.{re.escape(cls.prefix)}\w+)\.{re.escape(adapter_name)}(?=\.|$)"
         renamed, count = re.subn(pattern, r"\1", key, count=1)
         return renamed if count else super()._remove_adapter_name_from_key(key, adapter_name)
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "CAD adapters cannot be merged: the adapter is a separate CNN whose output is added to the image "
-            "embedding, not a change of any encoder weight, so there is nothing to merge. Use the model as is, or "
-            "`unload()` to remove the adapters and get the original model back."
-        )
-
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._check_merge_allowed()

@@ -25,6 +25,10 @@ class ConvLoraModel(SamPeftTuner):
     """
 
     prefix: str = "conv_lora_"
+    merge_refusal = (
+        "Conv-LoRA adapters cannot be merged: the convolutional experts act on the spatial layout of each window, so "
+        "the adapter is not a linear map that could be folded into the qkv weight."
+    )
     tuner_layer_cls = ConvLoraLayer
     target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_QKV_TARGET, "sam_hq": SAM_QKV_TARGET}
 
@@ -47,13 +51,3 @@ class ConvLoraModel(SamPeftTuner):
                 "qkv projections) can be adapted. Check `target_modules`."
             )
         self._insert(parent, target_name, Linear(target, adapter_name, peft_config), target, adapter_name)
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "Conv-LoRA adapters cannot be merged: the convolutional experts act on the spatial layout of each "
-            "window, so the adapter is not a linear map that could be folded into the qkv weight. Use the model "
-            "as is, or `unload()` to remove the adapters and get the original model back."
-        )
-
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._check_merge_allowed()

@@ -28,6 +28,10 @@ class SamAdapterModel(SamPeftTuner):
     """
 
     prefix: str = "sam_adapter_"
+    merge_refusal = (
+        "SAM-Adapter cannot be merged: its prompts depend on each image (high-frequency content and patch "
+        "embeddings), so they are not a change of any weight."
+    )
     tuner_layer_cls = SamAdapterLayer
     target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_BLOCK_TARGET, "sam_hq": SAM_BLOCK_TARGET}
 
@@ -76,13 +80,3 @@ class SamAdapterModel(SamPeftTuner):
             generator.requires_grad_(False)
         self._replace_module(encoder, "patch_embed", generator, patch_embed)
         return generator
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "SAM-Adapter cannot be merged: its prompts depend on each image (high-frequency content and patch "
-            "embeddings), so they are not a change of any weight. Use the model as is, or `unload()` to remove the "
-            "adapters and get the original model back."
-        )
-
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._check_merge_allowed()

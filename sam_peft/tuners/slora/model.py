@@ -54,6 +54,10 @@ class SloraModel(SamPeftTuner):
     """
 
     prefix: str = "slora_"
+    merge_refusal = (
+        "SLoRA adapters cannot be merged: the branch runs beside the whole attention module with a LayerNorm inside, "
+        "and its prompt features depend on each image's points, so it is no change of any weight."
+    )
     tuner_layer_cls = SloraLayer
     target_module_mapping: ClassVar[dict[str, str]] = {
         "sam": SAM_ATTENTION_TARGET,
@@ -238,16 +242,6 @@ class SloraModel(SamPeftTuner):
         heat_map = self.heat_map_from_points(input_points, input_labels)
         with self.prompt_heat_map(heat_map):
             yield heat_map
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "SLoRA adapters cannot be merged: the branch runs beside the whole attention module with a LayerNorm "
-            "inside, and its prompt features depend on each image's points, so it is no change of any weight. Use "
-            "the model as is, or `unload()` to remove the adapters and get the original model back."
-        )
-
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._check_merge_allowed()
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs) -> nn.Module:
         if merge:
