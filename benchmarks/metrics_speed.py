@@ -10,8 +10,10 @@ which takes its per-pixel path instead of the 256-level histograms of uint8 maps
 uint8 maps (float32 rounding moves the values by about 1e-8). Runs alternate A B C A B C after a warm-up and
 the medians are reported (benchmarks.md). PySODMetrics runs on one thread (numpy); ours runs with `--threads`
 torch threads (default 1, the like-for-like comparison) and, on CPU, again with `--parallel-threads` (default:
-every core), which is what a user gets by default: the images' distance transforms then run in parallel. The
-last line printed is the four-metric ratio, then the whole-set ratio, at `--threads`.
+every core), which is what a user gets by default: the images' distance transforms then run in parallel. On
+CPU, a third run of ours at `--threads` uses scipy's feature transform instead of the compiled one
+(`sam_peft.metrics._edt`), which is what an install without a C compiler gets. The last line printed is the
+four-metric ratio, then the whole-set ratio, at `--threads`.
 
     python benchmarks/metrics_speed.py
     python benchmarks/metrics_speed.py --dtype float32
@@ -28,6 +30,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import py_sod_metrics
@@ -35,6 +38,7 @@ import torch
 from _common import run_record
 
 import sam_peft.metrics as metrics
+from sam_peft.metrics import _distance
 
 
 def make_images(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +111,16 @@ def with_threads(count: int, fn):
     return run
 
 
+def with_scipy_transform(fn):
+    """`fn` run with scipy's feature transform, as where the compiled extension is not built."""
+
+    def run():
+        with mock.patch.object(_distance, "_compiled_transform", None):
+            return fn()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100)
@@ -134,14 +148,18 @@ def main() -> None:
         whole: lambda: pysod_whole_set(preds_np, gts_np),
         mine: with_threads(args.threads, lambda: ours(preds, gts, args.chunk_size)),
     }
-    parallel = None
+    parallel = fallback = None
     if args.device == "cpu" and args.parallel_threads > args.threads:
         parallel = f"ours, whole set, {args.parallel_threads} threads"
         runs[parallel] = with_threads(args.parallel_threads, lambda: ours(preds, gts, args.chunk_size))
+    if args.device == "cpu" and _distance.host_transform() == "compiled":
+        fallback = f"{mine}, scipy transform"
+        runs[fallback] = with_scipy_transform(runs[mine])
     reference, result = pysod_four(preds_np, gts_np), runs[mine]()  # warm-up
     pysod_whole_set(preds_np[:2], gts_np[:2])
-    if parallel is not None:
-        runs[parallel]()
+    for name in (parallel, fallback):
+        if name is not None:
+            runs[name]()
     max_difference = max(abs(reference[name] - result[name]) for name in reference)
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -149,14 +167,17 @@ def main() -> None:
             times[name].append(timed(fn, args.device))
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.images} images of {args.size} x {args.size}, {args.dtype} maps for ours, device {args.device}")
-    print(f"{'run':32s} {'median s':>9s} {'ms / image':>11s}")
+    print(
+        f"{args.images} images of {args.size} x {args.size}, {args.dtype} maps for ours, device {args.device}, "
+        f"feature transform on CPU: {_distance.host_transform()}"
+    )
+    print(f"{'run':49s} {'median s':>9s} {'ms / image':>11s}")
     for name, median in medians.items():
-        print(f"{name:32s} {median:9.3f} {median / args.images * 1e3:11.3f}")
+        print(f"{name:49s} {median:9.3f} {median / args.images * 1e3:11.3f}")
     print(f"largest difference from PySODMetrics over S-alpha, E-phi, weighted F, MAE: {max_difference:.2e}")
     ratios = {
         name: {"s_e_wf_mae": medians[four] / medians[name], "whole_set": medians[whole] / medians[name]}
-        for name in (mine, parallel)
+        for name in (mine, parallel, fallback)
         if name is not None
     }
 
@@ -169,6 +190,7 @@ def main() -> None:
         speedup=ratios,
         max_abs_difference_from_pysodmetrics=max_difference,
         goal=">= 20x on CPU (benchmarks.md); >= 5x (issue 4)",
+        feature_transform=_distance.host_transform(),
         numpy=np.__version__,
         machine=platform.machine(),
     )
@@ -177,6 +199,11 @@ def main() -> None:
         print(
             f"speed-up over PySODMetrics with {args.parallel_threads} threads: "
             f"{ratios[parallel]['s_e_wf_mae']:.2f}x (S, E, wF, MAE), {ratios[parallel]['whole_set']:.2f}x (whole set)"
+        )
+    if fallback is not None:
+        print(
+            f"compiled transform over scipy's, whole set with {args.threads} thread{'s' * (args.threads > 1)}: "
+            f"{medians[fallback] / medians[mine]:.2f}x"
         )
     print(
         f"speed-up over PySODMetrics with {args.threads} thread{'s' * (args.threads > 1)}: "

@@ -329,7 +329,7 @@ def _random_masks(rng: np.random.Generator, count: int, height: int, width: int)
 
 
 def test_weighted_f_sums_on_the_host_equal_the_batched_sums():
-    """The CPU path's sums (scipy's transform image by image, in threads; smoothing only the foreground's box;
+    """The CPU path's sums (the host transform image by image, in threads; smoothing only the foreground's box;
     decay looked up from squared distances) equal the batched torch sums over whole images, also for objects
     on the border, and do not depend on the number of threads."""
     rng = np.random.default_rng(4)

@@ -1,9 +1,9 @@
 """Threads for the per-image CPU work of the metrics.
 
-scipy's feature transform and filters and numpy's loops over large arrays release the GIL, so the images of a
-chunk can be processed in parallel threads. The work given to these threads must not call torch: a torch
-operator started from a new thread opens its own intra-op thread team, and several of them oversubscribe
-the cores.
+The feature transforms (compiled or scipy's), scipy's filters and numpy's loops over large arrays release the
+GIL, so the images of a chunk can be processed in parallel threads. The work given to these threads must not
+call torch: a torch operator started from a new thread opens its own intra-op thread team, and several of them
+oversubscribe the cores.
 """
 
 from __future__ import annotations

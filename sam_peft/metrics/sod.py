@@ -13,9 +13,9 @@ which the tests compare every value:
 - F-measure: Achanta et al., "Frequency-tuned salient region detection", CVPR 2009.
 - MAE: Perazzi et al., "Saliency filters", CVPR 2012.
 
-How `SODMetrics` computes them, a chunk of images at a time (on CPU, where its speed matters most, about
-three fifths of the time goes into scipy's feature transform for the weighted F, the same call the reference
-makes):
+How `SODMetrics` computes them, a chunk of images at a time (on CPU, where its speed matters most, the
+weighted F's feature transform takes about a third of the time with the compiled transform, two thirds with
+scipy's):
 - uint8 (and bool) predictions take one of 256 levels, so everything but the weighted F comes from one joint
   histogram per image of (S-alpha quadrant, ground truth, level) (`level_histograms`): a single counting pass
   over the pixels. The reference's per-pixel arithmetic (normalisation, `uint8(pred * 255)`, thresholds) is
@@ -23,10 +23,11 @@ makes):
 - floating point predictions: on CPU with numpy, whose comparisons are several times faster than torch's,
   S-alpha's sums half an image at a time, and one histogram per image for the binary, adaptive and
   256-threshold counts; elsewhere with the batched per-pixel functions below (`pixel_statistics`).
-- weighted F on CPU: image by image with scipy's feature transform, the decay weights looked up from the exact
-  integer squared distances, and the Gaussian smoothing only over the foreground's bounding box, the only
-  place where the smoothed error is used. On other devices: batched torch (`weighted_f_measure`).
-- on CPU, the image-by-image numpy and scipy work runs in `HostThreads` (as many threads as torch uses).
+- weighted F on CPU: image by image with the compiled feature transform (`_distance.nearest_foreground_host`;
+  scipy's where the extension was not built), the decay weights looked up from the exact integer squared
+  distances, and the Gaussian smoothing only over the foreground's bounding box, the only place where the
+  smoothed error is used. On other devices: batched torch (`weighted_f_measure`).
+- on CPU, the image-by-image transform, numpy and scipy work runs in `HostThreads` (as many threads as torch uses).
 - the per-image values of up to a few hundred images are then reduced together.
 
 Deliberate differences from PySODMetrics:
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from scipy.ndimage import correlate1d
 
-from ._distance import feature_transform_host, nearest_foreground, squared_distances
+from ._distance import nearest_foreground, nearest_foreground_host
 from ._inputs import first_failing, group_by_size
 from ._scratch import Scratch
 from ._threads import HostThreads
@@ -877,8 +878,8 @@ def _decay_table(size: int) -> torch.Tensor:
 def _weighted_f_sums_host(
     error: torch.Tensor, gt: torch.Tensor, boxes: list[list[int]], scratch: Scratch, threads: HostThreads
 ) -> torch.Tensor:
-    """The sums behind the weighted F of CPU images that all have foreground: scipy's feature transform and
-    the foreground sums image by image (in `threads`), then the decay sums batched.
+    """The sums behind the weighted F of CPU images that all have foreground: the feature transform and the
+    foreground sums image by image (in `threads`), then the decay sums.
 
     Args:
         error: (B, H, W) float64 |pred - gt|.
@@ -891,28 +892,25 @@ def _weighted_f_sums_host(
         (B, 3) float64, the sums of `_weighted_f_sums`.
     """
     batch, height, width = gt.shape
-    features = scratch.get("features", (batch, 2, height, width), torch.int32, error.device)
-    error_np, gt_np, features_np = error.numpy(), gt.numpy(), features.numpy()
+    nearest = scratch.get("nearest", (batch, 2, height, width), torch.int32, error.device)
+    error_np, gt_np, nearest_np = error.numpy(), gt.numpy(), nearest.numpy()
 
     def foreground_sums(b: int) -> tuple[float, float]:
-        feature_transform_host(gt_np[b], features_np[b])
-        return _foreground_sums_host(error_np[b], gt_np[b], features_np[b], boxes[b])
+        _, index = nearest_foreground_host(gt_np[b], nearest_np[b])
+        return _foreground_sums_host(error_np[b], gt_np[b], index, boxes[b])
 
     sums = torch.empty(batch, 3, dtype=torch.float64)
     sums[:, :2] = torch.tensor(threads.map(foreground_sums, range(batch)), dtype=torch.float64)
     # Image by image: one image's maps stay in the CPU's cache, a whole chunk's do not.
     table = _decay_table(height * height + width * width)
-    squared = scratch.get("squared", (height, width), torch.int32, error.device)
     decay = scratch.get("decay", (height * width,), torch.float64, error.device)
     for b in range(batch):
-        torch.index_select(table, 0, squared_distances(features[b], out=squared).view(-1), out=decay)
+        torch.index_select(table, 0, nearest[b, 0].view(-1), out=decay)
         sums[b, 2] = torch.dot(error[b].view(-1), decay)
     return sums
 
 
-def _foreground_sums_host(
-    error: np.ndarray, gt: np.ndarray, features: np.ndarray, box: list[int]
-) -> tuple[float, float]:
+def _foreground_sums_host(error: np.ndarray, gt: np.ndarray, index: np.ndarray, box: list[int]) -> tuple[float, float]:
     """The foreground sums behind the weighted F of one image, in numpy and scipy only (it runs in
     `HostThreads`).
 
@@ -923,7 +921,7 @@ def _foreground_sums_host(
     Args:
         error: (H, W) float64 |pred - gt|.
         gt: (H, W) bool mask.
-        features: (2, H, W) int32 row and column of every pixel's nearest foreground pixel.
+        index: (H, W) int32 flat index of every pixel's nearest foreground pixel.
         box: first and last foreground row, first and last foreground column.
 
     Returns:
@@ -933,7 +931,7 @@ def _foreground_sums_host(
     top, bottom, left, right = box
     rows = slice(max(top - _GAUSSIAN_RADIUS, 0), min(bottom + _GAUSSIAN_RADIUS + 1, height))
     cols = slice(max(left - _GAUSSIAN_RADIUS, 0), min(right + _GAUSSIAN_RADIUS + 1, width))
-    at_nearest = error.reshape(-1)[features[0, rows, cols] * width + features[1, rows, cols]]
+    at_nearest = error.reshape(-1)[index[rows, cols]]
     smoothed = correlate1d(at_nearest, _GAUSSIAN_WEIGHTS_NP, axis=0, mode="constant")
     smoothed = correlate1d(smoothed, _GAUSSIAN_WEIGHTS_NP, axis=1, mode="constant")
     box_error, box_gt = error[rows, cols], gt[rows, cols].astype(np.float64)
@@ -1222,8 +1220,7 @@ class SODMetrics:
 
     def _weighted_f_sums(self, errors: ErrorMaps, gt: torch.Tensor) -> torch.Tensor:
         """(B, 3) float64 sums behind the weighted F (`_weighted_f_sums`; zeros for images without foreground):
-        with scipy's feature transform image by image on the CPU (`_weighted_f_sums_host`), batched on other
-        devices."""
+        image by image on the CPU (`_weighted_f_sums_host`), batched on other devices."""
         has_fg = errors.has_fg
         sums = torch.zeros(len(gt), 3, dtype=torch.float64, device=gt.device)
         if not bool(has_fg.any()):
@@ -1243,7 +1240,7 @@ class SODMetrics:
 
     @staticmethod
     def _uses_host(device: torch.device) -> bool:
-        """Whether the weighted F of images on `device` is computed image by image with scipy."""
+        """Whether the weighted F of images on `device` is computed image by image on the host."""
         return device.type == "cpu"
 
     def compute(self) -> dict[str, float]:

@@ -1,0 +1,118 @@
+"""The weighted F's feature transform on CPU: the compiled extension equals scipy's, and the scipy fallback gives
+the same metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import distance_transform_edt
+
+from sam_peft.metrics import _distance as distance_module
+from sam_peft.metrics import compute_sod_metrics
+from sam_peft.metrics._distance import host_transform, nearest_foreground_host
+
+
+def scipy_reference(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances and flat nearest-foreground indices straight from scipy, as PySODMetrics gets them."""
+    feature_rows, feature_cols = distance_transform_edt(~gt, return_distances=False, return_indices=True)
+    rows, cols = np.indices(gt.shape)
+    squared = (feature_rows - rows) ** 2 + (feature_cols - cols) ** 2
+    return squared, feature_rows * gt.shape[1] + feature_cols
+
+
+def transform(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    squared, index = nearest_foreground_host(np.ascontiguousarray(gt), np.full((2, *gt.shape), -7, dtype=np.int32))
+    return squared, index
+
+
+def masks_with_ties() -> list[np.ndarray]:
+    """Shapes where many pixels have several nearest foreground pixels, and degenerate sizes."""
+    masks = []
+    lattice = np.zeros((31, 40), dtype=bool)
+    lattice[::5, ::5] = True  # every pixel between four lattice points is equidistant to them
+    masks.append(lattice)
+    masks.append(np.indices((17, 23)).sum(axis=0) % 2 == 0)  # checkerboard
+    diamond = np.zeros((21, 21), dtype=bool)
+    diamond[[0, 10, 10, 20], [10, 0, 20, 10]] = True
+    masks.append(diamond)
+    for shape in [(1, 1), (1, 37), (37, 1), (2, 2)]:
+        masks.append(np.ones(shape, dtype=bool))
+        single = np.zeros(shape, dtype=bool)
+        single[-1, -1] = True
+        masks.append(single)
+    corners = np.zeros((50, 9), dtype=bool)
+    corners[[0, -1], [0, -1]] = True
+    masks.append(corners)
+    return masks
+
+
+def random_masks(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    masks = []
+    for _ in range(count):
+        height, width = rng.integers(1, 48, 2)
+        mask = rng.random((height, width)) < rng.choice([0.002, 0.02, 0.1, 0.5, 0.95])
+        mask[rng.integers(height), rng.integers(width)] = True
+        masks.append(mask)
+    return masks
+
+
+def test_the_compiled_transform_is_built():
+    """The install (`pip install -e .` with a C compiler) builds `sam_peft.metrics._edt`; without it the metrics
+    fall back to scipy's transform and are about four times slower on CPU."""
+    assert host_transform() == "compiled", "sam_peft.metrics._edt was not built: reinstall with a C compiler"
+
+
+def test_compiled_transform_equals_scipy():
+    """Exact squared distances and the same nearest pixel among equidistant ones (smallest column, then row)."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:300, :517]
+    blob = ((rows - 140) / 90.0) ** 2 + ((cols - 300) / 160.0) ** 2 < 1
+    blob |= rng.random(blob.shape) < 0.0005
+    masks = [*masks_with_ties(), *random_masks(rng, 400), blob, blob.T.copy()]
+    for number, mask in enumerate(masks):
+        squared, index = transform(mask)
+        expected_squared, expected_index = scipy_reference(mask)
+        assert np.array_equal(squared, expected_squared), f"squared distances differ on mask {number}"
+        assert np.array_equal(index, expected_index), f"nearest pixels differ on mask {number}"
+
+
+def test_scipy_fallback_gives_the_same_transform_and_metrics(monkeypatch):
+    rng = np.random.default_rng(1)
+    masks = random_masks(rng, 30)
+    compiled = [transform(mask) for mask in masks]
+    predictions = [torch.rand(mask.shape, generator=torch.Generator().manual_seed(i)) for i, mask in enumerate(masks)]
+    references = [torch.from_numpy(mask) for mask in masks]
+    expected = compute_sod_metrics(predictions, references)
+
+    monkeypatch.setattr(distance_module, "_compiled_transform", None)
+    assert host_transform() == "scipy"
+    for mask, (squared, index) in zip(masks, compiled, strict=True):
+        fallback_squared, fallback_index = transform(mask)
+        assert np.array_equal(fallback_squared, squared) and np.array_equal(fallback_index, index)
+    assert compute_sod_metrics(predictions, references) == expected
+
+
+def test_compiled_transform_names_bad_buffers():
+    compiled = distance_module._compiled_transform
+    mask = np.zeros((4, 5), dtype=bool)
+    mask[1, 2] = True
+    squared, index = np.empty((4, 5), np.int32), np.empty((4, 5), np.int32)
+    with pytest.raises(ValueError, match="no foreground pixel"):
+        compiled(np.zeros((4, 5), dtype=bool), squared, index)
+    with pytest.raises(TypeError, match=r"mask must be bool or uint8, got items of format 'd' and 8 bytes"):
+        compiled(mask.astype(np.float64), squared, index)
+    with pytest.raises(TypeError, match=r"index must be int32, got items of format '[lq]' and 8 bytes"):
+        compiled(mask, squared, index.astype(np.int64))
+    with pytest.raises(ValueError, match="must have the shape of mask"):
+        compiled(mask, np.empty((5, 4), np.int32), index)
+    with pytest.raises(ValueError, match="mask must be 2-D, got 3 dimensions"):
+        compiled(mask[None], squared, index)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        compiled(np.asfortranarray(mask), squared, index)
+    read_only = np.empty((4, 5), np.int32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        compiled(mask, read_only, index)
+    compiled(mask, squared, index)  # the arrays above were left intact and still work
+    assert squared[1, 2] == 0 and index[0, 0] == 1 * 5 + 2
