@@ -59,7 +59,7 @@ def random_masks(rng: np.random.Generator, count: int) -> list[np.ndarray]:
 
 def test_the_compiled_transform_is_built():
     """The install (`pip install -e .` with a C compiler) builds `sam_peft.metrics._edt`; without it the metrics
-    fall back to scipy's transform and are about four times slower on CPU."""
+    fall back to scipy's transform, and the metric set takes 1.6-3x as long on CPU."""
     assert host_transform() == "compiled", "sam_peft.metrics._edt was not built: reinstall with a C compiler"
 
 
@@ -116,3 +116,11 @@ def test_compiled_transform_names_bad_buffers():
         compiled(mask, read_only, index)
     compiled(mask, squared, index)  # the arrays above were left intact and still work
     assert squared[1, 2] == 0 and index[0, 0] == 1 * 5 + 2
+
+
+def test_host_transform_takes_any_memory_layout():
+    mask = np.random.default_rng(2).random((13, 29)) < 0.1
+    mask[3, 4] = True
+    squared, index = transform(mask)
+    transposed = nearest_foreground_host(np.ascontiguousarray(mask.T).T, np.empty((2, 13, 29), np.int32))
+    assert np.array_equal(transposed[0], squared) and np.array_equal(transposed[1], index)

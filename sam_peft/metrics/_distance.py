@@ -6,7 +6,7 @@ result; the reference (PySODMetrics, through `scipy.ndimage.distance_transform_e
 algorithm) takes the one with the smallest column and then the smallest row. Every version below follows
 that rule exactly:
 - on CPU, image by image (`nearest_foreground_host`), with the package's compiled transform (`_edt.c`, built
-  at install time where a C compiler is available; about four times faster than scipy's), else with scipy
+  at install time where a C compiler is available; 2.5-4.3x faster than scipy's), else with scipy
   itself. An exact transform in torch or numpy ops is far slower than either on CPU, because its row pass
   (the lower envelope of parabolas) is sequential, and brute force costs a pass over all columns per pixel;
 - on other devices, an exact torch version (column pass by cumulative max/min, row pass by brute force over
@@ -58,7 +58,7 @@ def nearest_foreground_host(gt: np.ndarray, out: np.ndarray) -> np.ndarray:
     transforms release the GIL, so several images can run in threads.
 
     Args:
-        gt: (H, W) C-contiguous bool mask with at least one foreground pixel.
+        gt: (H, W) bool mask with at least one foreground pixel.
         out: (2, H, W) C-contiguous int32 array to write into.
 
     Returns:
@@ -67,7 +67,7 @@ def nearest_foreground_host(gt: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     squared, index = out
     if _compiled_transform is not None:
-        _compiled_transform(gt, squared, index)
+        _compiled_transform(np.ascontiguousarray(gt), squared, index)
         return out
     # scipy writes the nearest pixel's row into out[0] and its column into out[1]; both become the results.
     height, width = gt.shape
