@@ -4,8 +4,12 @@ file, with command-line values overriding it (`recipes/train.py config.yaml --le
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from argparse import Namespace
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_args, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser
@@ -15,6 +19,46 @@ METHODS = ("conv_lora", "lora", "cad", "decoder_only")
 FROZEN_ENCODER_METHODS = ("cad", "decoder_only")
 # metrics for which lower is better; every other metric is "higher is better"
 LOWER_IS_BETTER = frozenset({"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss"})
+# the data sources, each named by its keys; data_dir completes a benchmark
+DATA_SOURCES = (("benchmark",), ("image_dir", "mask_dir"), ("hub_dataset",))
+DATA_SOURCE_KEYS = frozenset(key for keys in DATA_SOURCES for key in keys)
+# command-line strings that mean None for a field that admits it, as in YAML
+NULL_STRINGS = frozenset({"null", "none", "None"})
+# what each checked field type expects, in error messages
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_field_types(instance: Any) -> None:
+    """Check every bool, int, float or str field (or such `| None`) of the dataclass `instance` against its
+    annotation. Like argparse, numeric strings (PyYAML reads `1e-4` as a string) become the field's number and
+    ints of float fields become floats; fields of other types are left alone.
+
+    Raises:
+        ValueError: naming the field, the value and what it expects: `num_epochs must be an integer, got 1.5`.
+    """
+    hints = get_type_hints(type(instance))
+    for name in (f.name for f in fields(instance)):
+        value, args = getattr(instance, name), get_args(hints[name])
+        optional = type(None) in args
+        kind = next(arg for arg in args if arg is not type(None)) if optional else hints[name]
+        if kind not in _EXPECTED or (optional and value is None):
+            continue
+        if kind in (int, float) and isinstance(value, str):
+            with suppress(ValueError):
+                value = kind(value)
+        if kind is float and type(value) is int:
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise ValueError(f"{name} must be {_EXPECTED[kind]}{' or null' if optional else ''}, got {value!r}")
+        setattr(instance, name, value)
+
+
+def _check_at_least(instance: Any, minimum: int, *names: str) -> None:
+    """Raises ValueError naming the first of the fields `names` of `instance` below `minimum` (None passes)."""
+    for name in names:
+        value = getattr(instance, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -45,8 +89,12 @@ class ModelArguments:
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute vision blocks in backward."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}; expected one of {METHODS}.")
+        _check_at_least(self, 1, "num_labels", "r", "num_experts", "cad_image_size")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k must be between 1 and num_experts ({self.num_experts}), got {self.top_k}")
 
 
 @dataclass
@@ -84,10 +132,25 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.embedding_cache_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(
                 f"Unknown embedding_cache_dtype {self.embedding_cache_dtype!r}; expected float16, bfloat16 or float32."
             )
+        given = {key: getattr(self, key) for keys in DATA_SOURCES for key in keys if getattr(self, key) is not None}
+        if sum(any(key in given for key in keys) for keys in DATA_SOURCES) > 1:
+            named = ", ".join(f"{key}={value!r}" for key, value in given.items())
+            raise ValueError(
+                f"More than one data source: {named}; name one of benchmark (with data_dir), image_dir and mask_dir, "
+                "or hub_dataset."
+            )
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"hflip must be in [0, 1], got {self.hflip}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        _check_at_least(self, 0, "num_workers")
+        names = ("image_size", "synthetic_train_size", "synthetic_eval_size", "max_train_samples", "max_eval_samples")
+        _check_at_least(self, 1, *names)
 
 
 @dataclass
@@ -109,6 +172,13 @@ class TrainArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)."})
     seed: int = field(default=42, metadata={"help": "Seed of weights, data order and augmentation."})
     eval_every_epochs: int = field(default=1, metadata={"help": "Evaluate (and checkpoint) every N epochs."})
+    checkpoint_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also checkpoint every N optimiser steps within an epoch (long epochs); "
+            "null: at each epoch's end only."
+        },
+    )
     metric_for_best_model: str | None = field(
         default=None, metadata={"help": "Selects the best epoch; default iou (binary) or mean_iou (multi-class)."}
     )
@@ -118,54 +188,123 @@ class TrainArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for push_to_hub."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. 'user/sam-conv-lora-kvasir').")
         if self.lr_schedule not in ("polynomial", "cosine", "constant"):
             raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; expected polynomial, cosine or constant.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; expected no, fp16 or bf16.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps} (use null for no limit)")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm} (use null to disable clipping)")
+        _check_at_least(self, 0, "weight_decay", "warmup_steps")
+        names = ("num_epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "eval_every_epochs")
+        _check_at_least(self, 1, *names, "checkpoint_every_steps")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
+# the parsed value of an option that the command line does not give
+_UNSET = object()
+
+
+def _read_config(path: Path, known: set[str]) -> dict:
+    """The values of a YAML config file whose keys are all `known`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    values = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown config key(s) in {path}: {', '.join(unknown)}. Valid keys: {sorted(known)}.")
+    return values
+
+
+def _null_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: `convert`, except that the NULL_STRINGS are None."""
+
+    def parse(text: str) -> Any:
+        return None if text in NULL_STRINGS else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its errors ("invalid int value")
+    return parse
+
+
+def _command_line_values(classes: tuple[type, ...], argv: list[str], defaults: dict) -> dict:
+    """The fields that `argv` gives (`--key value`, `--key=value`, `--key-name value`, ...), by name, parsed by an
+    `HfArgumentParser` of `classes` whose `--help` shows `defaults`."""
+    parser = HfArgumentParser(classes)
+    parser.set_defaults(**defaults)
+    hints = {name: hint for cls in classes for name, hint in get_type_hints(cls).items()}
+    for action in parser._actions:  # argparse has no public list of its actions
+        if action.nargs is None and type(None) in get_args(hints.get(action.dest)):
+            action.type = _null_or(action.type)
+    names = {f.name for cls in classes for f in fields(cls) if f.init}
+    # options absent from argv keep the _UNSET of this namespace rather than getting their default
+    namespace, unused = parser.parse_known_args(argv, Namespace(**dict.fromkeys(names, _UNSET)))
+    if unused:
+        raise ValueError(f"Unknown command-line argument(s): {' '.join(unused)}")
+    return {name: value for name, value in vars(namespace).items() if value is not _UNSET}
+
+
 def parse_config(
-    classes: tuple[type, ...], argv: list[str] | None = None, structured_keys: tuple[str, ...] = ()
+    classes: tuple[type, ...],
+    argv: list[str] | None = None,
+    structured_keys: tuple[str, ...] = (),
+    replaced_together: tuple[tuple[frozenset[str], frozenset[str]], ...] = (),
 ) -> tuple[tuple, dict]:
     """`[config.yaml] [--key value ...]` into instances of the dataclasses `classes`: the YAML's values,
-    overridden by the command line.
+    overridden by the command line, where `null`, `none` and `None` give None to fields that admit it. Every
+    instance's fields are checked against their annotations (`check_field_types`).
 
     `structured_keys` are YAML keys that hold nested values (lists of mappings, ...) rather than fields; they are
     returned in the second item, untouched, and cannot be given on the command line.
 
+    `replaced_together` holds `(keys, group)` pairs: when the command line gives any of `keys`, the YAML's values of
+    every key of `group` are dropped, so that the command line replaces the group as a whole (`parse_args`: a data
+    source given on the command line replaces the YAML's source).
+
     Raises:
-        ValueError: naming any key of the YAML file that is neither a field of `classes` nor a structured key.
+        ValueError: naming any key of the YAML file that is neither a field of `classes` nor a structured key, any
+            command-line argument that is not an option, or a field of the wrong type.
         FileNotFoundError: when the YAML file does not exist.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(classes)
-    defaults: dict = {}
+    values: dict = {}
     if argv and argv[0].endswith((".yaml", ".yml")):
-        path = Path(argv.pop(0))
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist.")
-        defaults = yaml.safe_load(path.read_text()) or {}
         known = {name for cls in classes for name in cls.__dataclass_fields__} | set(structured_keys)
-        unknown = sorted(set(defaults) - known)
-        if unknown:
-            raise ValueError(f"Unknown config key(s) in {path}: {', '.join(unknown)}. Valid keys: {sorted(known)}.")
-    structured = {key: defaults.pop(key) for key in structured_keys if key in defaults}
-    parser.set_defaults(**defaults)
-    return tuple(parser.parse_args_into_dataclasses(args=argv)), structured
+        values = _read_config(Path(argv.pop(0)), known)
+    structured = {key: values.pop(key) for key in structured_keys if key in values}
+    given = _command_line_values(classes, argv, values)
+    for keys, group in replaced_together:
+        if keys & given.keys():
+            values = {key: value for key, value in values.items() if key not in group}
+    values.update(given)
+    instances = tuple(
+        cls(**{f.name: values[f.name] for f in fields(cls) if f.init and f.name in values}) for cls in classes
+    )
+    for instance in instances:
+        check_field_types(instance)  # the dataclasses that do not check their own fields (recipes/continual.py's)
+    return instances, structured
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
-    """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`).
+    """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`). A data source given on the
+    command line (benchmark, image_dir, mask_dir or hub_dataset) replaces the YAML's source and its data_dir;
+    `--data_dir` alone completes the YAML's benchmark.
 
     Raises:
-        ValueError: naming any key of the YAML file that is not a field of the three dataclasses, or
-            `cache_embeddings` with a method that trains the encoder.
+        ValueError: naming any key of the YAML file that is not a field of the three dataclasses, a field of the
+            wrong type or out of range, two data sources, or `cache_embeddings` with a method that trains the
+            encoder.
         FileNotFoundError: when the YAML file does not exist.
     """
-    (model_args, data_args, train_args), _ = parse_config(ARGUMENT_CLASSES, argv)
+    source = (DATA_SOURCE_KEYS, DATA_SOURCE_KEYS | {"data_dir"})
+    (model_args, data_args, train_args), _ = parse_config(ARGUMENT_CLASSES, argv, replaced_together=(source,))
     if data_args.cache_embeddings and model_args.method not in FROZEN_ENCODER_METHODS:
         raise ValueError(
             "cache_embeddings needs a method that keeps the image encoder frozen "
