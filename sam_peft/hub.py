@@ -25,15 +25,18 @@ from huggingface_hub import (
     ModelCardData,
     RepoUrl,
     constants,
+    get_token,
     snapshot_download,
 )
 from huggingface_hub.errors import (
+    HfHubHTTPError,
     HFValidationError,
     IncompleteSnapshotError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.errors import HTTPError as _TransportHTTPError  # httpx's (requests' before 1.0) base error
 from huggingface_hub.utils import validate_repo_id
 
 logger = logging.getLogger(__name__)
@@ -203,6 +206,131 @@ def push_run(
         allow_patterns=[_literal_pattern(name) for name in names],
     )
     return commit.commit_url if isinstance(commit, CommitInfo) else str(commit)
+
+
+class PushAccessError(ValueError):
+    """`check_push_access` found that pushing to the Hub would fail; the message names the problem and the fix."""
+
+
+# Roles of classic (not fine-grained) access tokens, as `HfApi.whoami()["auth"]["accessToken"]["role"]` gives them.
+_WRITE_ROLES = ("write", "admin")
+_PUSH_LATER = "train without --push_to_hub and push the run folder later with sam_peft.hub.push_run"
+
+
+def check_push_access(repo_id: str, *, private: bool = False, api: HfApi | None = None) -> None:
+    """Check, before a long training run, that its folder can be pushed to the Hub model repository `repo_id`.
+
+    Checks, in this order, and raises `PushAccessError` (a `ValueError`) at the first that fails:
+
+    1. the Hub is not in offline mode (`huggingface_hub.constants.is_offline_mode()`, i.e. `HF_HUB_OFFLINE`);
+    2. `repo_id` is a valid repository id (`huggingface_hub.utils.validate_repo_id`);
+    3. there is a token: `api.token` when the `HfApi` was built with one, else `huggingface_hub.get_token()`
+       (`HF_TOKEN`, then the token saved by `hf auth login`);
+    4. the Hub accepts it: `api.whoami()` (HTTP 401: token rejected; connection errors, timeouts and HTTP 5xx: the
+       Hub cannot be reached);
+    5. the token can write to the namespace of `repo_id` (its part before `/`, else the token's user), from the
+       `whoami` answer: a `read` token cannot push; a `write`/`admin` token can push to its user's namespace and to
+       the organizations in `orgs` (unless `whoami` lists the user as a `read` member there); a `fineGrained` token
+       needs `repo.write` on the user or organization of the namespace, or on the model repository `repo_id` itself.
+       When the answer does not say (another role, an OAuth token, an unexpected layout), it falls back to
+       `api.create_repo(repo_id, private=private, exist_ok=True)`, as `push_run` does anyway (it leaves an existing
+       repository as it is, and creates a missing one now rather than after training), and maps HTTP 403 to no
+       write access.
+
+    Returns None when pushing should work; it cannot rule out everything (a network outage during training).
+    """
+    if constants.is_offline_mode():
+        raise PushAccessError(
+            "push_to_hub needs the Hub but HF_HUB_OFFLINE is set; unset it or train without --push_to_hub and push "
+            "later with sam_peft.hub.push_run."
+        )
+    if not _is_repo_id(repo_id):
+        raise PushAccessError(
+            f"{repo_id!r} is not a valid Hub repository id; use 'namespace/name' (letters, digits, '-', '_', '.')."
+        )
+    api = api if api is not None else HfApi()
+    api_token = getattr(api, "token", None)  # HfApi(token=...) wins over the environment, as in HfApi's own calls
+    if isinstance(api_token, str):
+        token = api_token
+    elif api_token is False:  # HfApi(token=False) sends no token
+        token = None
+    else:
+        token = get_token()
+    if not token:
+        raise PushAccessError(
+            "push_to_hub needs a Hugging Face token with write access and none was found; run `hf auth login` or "
+            f"set HF_TOKEN (https://huggingface.co/settings/tokens), or {_PUSH_LATER}."
+        )
+    try:
+        info = api.whoami(token=token)
+    except (HfHubHTTPError, _TransportHTTPError, ConnectionError, TimeoutError) as error:
+        raise _access_error(error, "check the token") from error
+
+    user = info.get("name")
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    access = _token_can_write(info, namespace, repo_id)
+    if access is None:
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        except (HfHubHTTPError, _TransportHTTPError, ConnectionError, TimeoutError) as error:
+            raise _access_error(error, f"create {repo_id!r}", namespace=namespace) from error
+    elif not access:
+        token_name = ((info.get("auth") or {}).get("accessToken") or {}).get("displayName")
+        raise PushAccessError(
+            f"no write access to {namespace}: the token{f' {token_name!r}' if token_name else ''} of {user!r} "
+            f"cannot create or write to {repo_id!r}. Use a token with write access to {namespace} (`hf auth login` "
+            f"or HF_TOKEN), or push to a namespace you can write to (--hub_model_id {user}/<name>)."
+        )
+
+
+def _token_can_write(info: Mapping[str, Any], namespace: str | None, repo_id: str) -> bool | None:
+    """Whether the `HfApi.whoami()` answer `info` can write to `namespace` and `repo_id`; None if it does not say."""
+    if not namespace:
+        return None
+    key = namespace.casefold()
+    access_token = (info.get("auth") or {}).get("accessToken") or {}
+    role = access_token.get("role")
+    if role == "read":
+        return False
+    if role in _WRITE_ROLES:
+        if key == str(info.get("name", "")).casefold():
+            return True
+        orgs = {str(org.get("name", "")).casefold(): org for org in info.get("orgs") or ()}
+        return key in orgs and orgs[key].get("roleInOrg") != "read"
+    if role == "fineGrained":
+        scoped = (access_token.get("fineGrained") or {}).get("scoped")
+        if not isinstance(scoped, list):
+            return None
+        full_id = repo_id if "/" in repo_id else f"{namespace}/{repo_id}"
+        targets = {("user", key), ("org", key), ("model", full_id.casefold())}
+        return any(
+            (entity.get("type"), str(entity.get("name", "")).casefold()) in targets
+            and "repo.write" in (entry.get("permissions") or ())
+            for entry in scoped
+            for entity in [entry.get("entity") or {}]
+        )
+    return None
+
+
+def _access_error(error: Exception, action: str, *, namespace: str | None = None) -> PushAccessError:
+    """A `PushAccessError` for `error`, raised by the Hub call that tried to `action`."""
+    status = error.response.status_code if isinstance(error, HfHubHTTPError) else None
+    if status == 401:
+        return PushAccessError(
+            f"the Hub rejected the token (HTTP 401: token rejected) when trying to {action}; run `hf auth login "
+            "--force` with a valid token that has write access, or set HF_TOKEN to one."
+        )
+    if status == 403 and namespace:
+        return PushAccessError(
+            f"no write access to {namespace} (HTTP 403 when trying to {action}); use a token with write access to "
+            f"{namespace} (`hf auth login` or HF_TOKEN), or push to a namespace you can write to."
+        )
+    if status is None or status >= 500:
+        return PushAccessError(
+            f"cannot reach the Hub ({constants.ENDPOINT}) to {action}: {error}. Check the network or proxy "
+            f"(HF_ENDPOINT), or {_PUSH_LATER}."
+        )
+    return PushAccessError(f"the Hub refused to {action} (HTTP {status}): {error}. Fix that, or {_PUSH_LATER}.")
 
 
 def _is_repo_id(name: str) -> bool:

@@ -9,13 +9,27 @@ from unittest.mock import create_autospec
 import pytest
 import torch
 import yaml
-from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import filter_repo_objects, hf_raise_for_status
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 
 from sam_peft import ConvLoraConfig, random_sam
-from sam_peft.hub import adapter_model_card, model_card_template, push_run, resolve_pretrained, run_files
+from sam_peft.hub import (
+    PushAccessError,
+    adapter_model_card,
+    check_push_access,
+    model_card_template,
+    push_run,
+    resolve_pretrained,
+    run_files,
+)
+
+try:  # the HTTP client of huggingface_hub: httpx2 from 2.0, httpx in 1.x
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
 
 
 def test_template_lives_in_model_cards():
@@ -238,3 +252,163 @@ def test_pull_local_folder_as_is(tmp_path):
     assert resolve_pretrained(str(tmp_path / "run"), subfolder="kvasir") == tmp_path / "run" / "kvasir"
     with pytest.raises(FileNotFoundError, match=r"absent from local folder .*subfolders: kvasir"):
         resolve_pretrained(tmp_path / "run", subfolder="isic")
+
+
+# --- checking push access before training ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """Not offline, and a token in HF_TOKEN (fake: only the fake APIs below see it)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # huggingface_hub reads it at import time
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token")
+
+
+def _hub_error(status: int, method: str = "GET", path: str = "/api/whoami-v2") -> Exception:
+    """The error huggingface_hub raises for an HTTP `status` answer (built by its own `hf_raise_for_status`)."""
+    response = httpx.Response(status, request=httpx.Request(method, f"{constants.ENDPOINT}{path}"))
+    with pytest.raises(HfHubHTTPError) as raised:
+        hf_raise_for_status(response)
+    return raised.value
+
+
+def _whoami(role: str | None = "write", *, orgs=(), scoped=None, auth_type: str = "access_token") -> dict:
+    """A `HfApi.whoami()` answer for user `someone`, member of `orgs`, with a token of `role`."""
+    access_token = {"displayName": "test-token", "role": role}
+    if scoped is not None:
+        access_token["fineGrained"] = {"scoped": scoped, "global": ["discussion.write", "post.write"]}
+    return {
+        "type": "user",
+        "name": "someone",
+        "orgs": [{"type": "org", "name": org} for org in orgs],
+        "auth": {"type": auth_type, "accessToken": access_token} if role else {"type": auth_type},
+    }
+
+
+def _whoami_api(answer=None, *, error: Exception | None = None) -> HfApi:
+    api = _fake_api()
+    if error is not None:
+        api.whoami.side_effect = error
+    else:
+        api.whoami.return_value = answer
+    return api
+
+
+def test_push_access_offline(online, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    api = _whoami_api(_whoami())
+    with pytest.raises(PushAccessError, match=r"HF_HUB_OFFLINE is set; unset it or train without --push_to_hub"):
+        check_push_access(REPO_ID, api=api)
+    api.whoami.assert_not_called()
+
+
+@pytest.mark.parametrize("repo_id", ["someone/sam/kvasir", "some one/sam", "someone/sam--kvasir", ""])
+def test_push_access_invalid_repo_id(online, repo_id):
+    api = _whoami_api(_whoami())
+    with pytest.raises(ValueError, match="not a valid Hub repository id"):
+        check_push_access(repo_id, api=api)
+    api.whoami.assert_not_called()
+
+
+def test_push_access_no_token(online, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))  # read from HF_HOME at import time
+    assert get_token() is None
+    api = _whoami_api(_whoami())
+    with pytest.raises(PushAccessError, match=r"no token|none was found") as raised:
+        check_push_access(REPO_ID, api=api)
+    assert "`hf auth login`" in str(raised.value) and "HF_TOKEN" in str(raised.value)
+    api.whoami.assert_not_called()
+
+
+def test_push_access_token_rejected(online):
+    api = _whoami_api(error=_hub_error(401))
+    with pytest.raises(PushAccessError, match="token rejected") as raised:
+        check_push_access(REPO_ID, api=api)
+    assert "hf auth login" in str(raised.value)
+    api.whoami.assert_called_once_with(token="hf_fake_token")
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ConnectError("[Errno -3] Temporary failure in name resolution"), _hub_error(503)], ids=str
+)
+def test_push_access_hub_unreachable(online, error):
+    with pytest.raises(PushAccessError, match="cannot reach the Hub"):
+        check_push_access(REPO_ID, api=_whoami_api(error=error))
+
+
+def test_push_access_read_token(online):
+    api = _whoami_api(_whoami("read"))
+    with pytest.raises(PushAccessError, match="no write access to someone"):
+        check_push_access(REPO_ID, api=api)
+    api.create_repo.assert_not_called()
+
+
+def test_push_access_other_namespace(online):
+    api = _whoami_api(_whoami("write", orgs=["my-lab"]))
+    with pytest.raises(PushAccessError, match="no write access to other-lab"):
+        check_push_access("other-lab/sam-adapter", api=api)
+    with pytest.raises(PushAccessError, match="no write access to someone-else"):
+        check_push_access("someone-else/sam-adapter", api=api)
+    check_push_access("my-lab/sam-adapter", api=api)
+    api.create_repo.assert_not_called()
+
+
+@pytest.mark.parametrize("repo_id", [REPO_ID, "sam-conv-lora-kvasir", "Someone/sam"])
+def test_push_access_write_token_own_namespace(online, repo_id):
+    api = _whoami_api(_whoami("write"))
+    assert check_push_access(repo_id, api=api) is None
+    api.create_repo.assert_not_called()
+    api.upload_folder.assert_not_called()
+
+
+def test_push_access_token_of_the_api_object(online, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    api = _whoami_api(_whoami("write"))
+    api.token = "hf_api_token"
+    check_push_access(REPO_ID, api=api)
+    api.whoami.assert_called_once_with(token="hf_api_token")
+
+
+def _scope(entity_type: str, name: str, *permissions: str) -> dict:
+    return {"entity": {"_id": "0" * 24, "type": entity_type, "name": name}, "permissions": list(permissions)}
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "scoped", "allowed"),
+    [
+        (REPO_ID, [_scope("user", "someone", "repo.content.read", "repo.write")], True),
+        (REPO_ID, [_scope("user", "someone", "repo.content.read")], False),
+        (REPO_ID, [_scope("model", REPO_ID, "repo.write")], True),
+        (REPO_ID, [_scope("model", "someone/other", "repo.write")], False),
+        ("my-lab/sam", [_scope("org", "my-lab", "repo.write")], True),
+        ("my-lab/sam", [_scope("user", "someone", "repo.write")], False),
+        (REPO_ID, [], False),
+    ],
+)
+def test_push_access_fine_grained_token(online, repo_id, scoped, allowed):
+    api = _whoami_api(_whoami("fineGrained", orgs=["my-lab"], scoped=scoped))
+    if allowed:
+        check_push_access(repo_id, api=api)
+    else:
+        with pytest.raises(PushAccessError, match=f"no write access to {repo_id.split('/')[0]}"):
+            check_push_access(repo_id, api=api)
+    api.create_repo.assert_not_called()
+
+
+def test_push_access_falls_back_on_create_repo(online):
+    """An answer that does not say (an OAuth token without a role here) -> create_repo(exist_ok=True) decides."""
+    api = _whoami_api(_whoami(None, auth_type="oauth"))
+    check_push_access(REPO_ID, api=api)
+    api.create_repo.assert_called_once_with(REPO_ID, private=False, exist_ok=True, repo_type="model")
+
+    api.create_repo.side_effect = _hub_error(403, "POST", "/api/repos/create")
+    with pytest.raises(PushAccessError, match="no write access to my-lab"):
+        check_push_access("my-lab/sam", private=True, api=api)
+    api.create_repo.assert_called_with("my-lab/sam", private=True, exist_ok=True, repo_type="model")
