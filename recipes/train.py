@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,14 +32,18 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sam_peft.data import sam_collate_fn
-from sam_peft.hub import adapter_model_card
+from sam_peft.hub import adapter_model_card, check_push_access, push_run
 from sam_peft.modeling import SamSemanticSegmentationOutput, post_process_semantic_segmentation
 from sam_peft.training import (
+    BEST_DIR,
+    LOGS_DIR,
+    CheckpointFolder,
+    SeededSamples,
     TrainingState,
     build_datasets,
     build_embedding_cache,
     build_model,
-    check_output_dir,
+    claim_output_dir,
     default_metric,
     ensure_random_base,
     evaluate,
@@ -48,7 +51,10 @@ from sam_peft.training import (
     load_trained_weights,
     model_inputs,
     parse_args,
+    plan_run,
     register_trainable_checkpointing,
+    result_files,
+    run_config,
     save_overlays,
     save_trained,
     save_training_curves,
@@ -65,11 +71,19 @@ METHOD_HYPERPARAMETERS = {
 }
 
 
-def make_scheduler(optimizer, train_args, total_steps: int):
-    """The papers' polynomial decay (power 0.9), or cosine, or constant, after a linear warm-up."""
+def make_scheduler(optimizer, train_args, total_steps: int, num_processes: int):
+    """The papers' polynomial decay (power 0.9), or cosine, or constant, after a linear warm-up, over `total_steps`
+    optimiser steps.
+
+    A scheduler prepared by Accelerate is stepped once per process at each optimiser step (it counts the batches
+    of all processes), so its warm-up and length are counted in those units: the learning rate at each optimiser
+    step is then the same whatever the number of processes.
+    """
     name = {"polynomial": "polynomial", "cosine": "cosine", "constant": "constant_with_warmup"}[train_args.lr_schedule]
     kwargs = {"scheduler_specific_kwargs": {"power": 0.9}} if name == "polynomial" else {}
-    return get_scheduler(name, optimizer, train_args.warmup_steps, total_steps, **kwargs)
+    return get_scheduler(
+        name, optimizer, train_args.warmup_steps * num_processes, total_steps * num_processes, **kwargs
+    )
 
 
 @torch.no_grad()
@@ -99,13 +113,21 @@ def main() -> None:
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         mixed_precision=train_args.mixed_precision,
         log_with=tracker,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), automatic_checkpoint_naming=True, total_limit=2
-        ),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # Everything is validated before the output folder is touched: the folder, the Hub, the data.
+    config = run_config(model_args, data_args, train_args, accelerator.num_processes)
+    plan = plan_run(output_dir, config, train_args)
+    for note in plan.notes:
+        accelerator.print(note)
+    if train_args.push_to_hub and accelerator.is_main_process:
+        check_push_access(train_args.hub_model_id)
+    if plan.finished:
+        if train_args.push_to_hub and accelerator.is_main_process:
+            accelerator.print(f"Pushed to {push_run(output_dir, train_args.hub_model_id)}")
+        return
     if accelerator.is_main_process:
-        check_output_dir(output_dir, model_args, data_args, train_args)
         ensure_random_base(model_args)
     accelerator.wait_for_everyone()
     set_seed(train_args.seed)
@@ -113,46 +135,62 @@ def main() -> None:
     model = build_model(model_args)
     image_size = data_args.image_size or model.config.vision_config.image_size
     raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
+    # Each loader draws its iterators' seeds from a generator of its own, not from the global one that the model's
+    # random draws use and that checkpoints record: a resumed run draws as the uninterrupted one did.
+    train_samples = SeededSamples(prepared["train"], train_args.seed)
     train_loader = DataLoader(
-        prepared["train"],
+        train_samples,
         batch_size=train_args.batch_size,
         shuffle=True,
         collate_fn=sam_collate_fn,
         num_workers=data_args.num_workers,
+        generator=torch.Generator().manual_seed(train_args.seed),
     )
     eval_loader = DataLoader(
-        prepared[data_args.eval_split], batch_size=train_args.eval_batch_size, collate_fn=sam_collate_fn
+        prepared[data_args.eval_split],
+        batch_size=train_args.eval_batch_size,
+        collate_fn=sam_collate_fn,
+        generator=torch.Generator().manual_seed(train_args.seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train_args.gradient_accumulation_steps)
+    # each process reads every num_processes-th batch (the last ones padded), and steps once per accumulation
+    batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_process / train_args.gradient_accumulation_steps)
     scheduled_steps = train_args.num_epochs * steps_per_epoch
-    scheduler = make_scheduler(optimizer, train_args, scheduled_steps)
+    scheduler = make_scheduler(optimizer, train_args, scheduled_steps, accelerator.num_processes)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
     register_trainable_checkpointing(accelerator, model)
-    state = TrainingState()
-    accelerator.register_for_checkpointing(state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for note in claim_output_dir(output_dir, config, plan):
+            accelerator.print(note)
+    accelerator.wait_for_everyone()
     accelerator.init_trackers("sam-peft", config={"method": model_args.method, "lr": train_args.learning_rate})
 
-    if train_args.resume_from_checkpoint:
-        checkpoint = state.resolve_checkpoint(train_args.resume_from_checkpoint, output_dir)
-        accelerator.load_state(str(checkpoint))
-        # load_state does not restore the checkpoint counter: the next save would overwrite this one
-        accelerator.project_configuration.iteration = int(checkpoint.name.rsplit("_", 1)[-1]) + 1
-        accelerator.print(f"Resumed from {checkpoint} at step {state.step} (epoch {state.epoch})")
-
+    checkpoints = CheckpointFolder(output_dir)
+    state = TrainingState()
+    if plan.checkpoint is not None:
+        state = checkpoints.load(accelerator, plan.checkpoint)
+        accelerator.print(f"Resumed from {plan.checkpoint} at step {state.step} (epoch {state.epoch})")
     unwrapped = accelerator.unwrap_model(model)
+
+    def save_checkpoint(new_best: bool = False) -> None:
+        checkpoints.save(accelerator, state, lambda folder: save_trained(unwrapped, folder), new_best)
+
     cache = build_embedding_cache(data_args, unwrapped, image_size)
-    best_dir = output_dir / "best"
     if state.baseline is None:  # the untrained model, for comparison in metrics.json
         state.baseline = _scalars(evaluate(model, eval_loader, accelerator, model_args.num_labels, cache))
     last_step = min(scheduled_steps, train_args.max_steps or scheduled_steps)
+    every = train_args.checkpoint_every_steps
     progress = tqdm(total=last_step, initial=state.step, desc="training", disable=not accelerator.is_local_main_process)
     while state.epoch < train_args.num_epochs and state.step < last_step:
         model.train()
-        train_loader.set_epoch(state.epoch)
+        train_loader.set_epoch(state.epoch)  # the data order
+        train_samples.set_epoch(state.epoch)  # the augmentation (Accelerate forwards the epoch on one process only)
+        epoch_end = (state.epoch + 1) * steps_per_epoch
         done_in_epoch = state.step - state.epoch * steps_per_epoch
         batches = accelerator.skip_first_batches(train_loader, done_in_epoch * train_args.gradient_accumulation_steps)
         for batch in batches:
@@ -161,20 +199,23 @@ def main() -> None:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
+                learning_rate = scheduler.get_last_lr()[0]  # the rate of this optimiser step
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 state.step += 1
                 loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-                state.train_log.append({"step": state.step, "loss": loss_value})
-                accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
+                state.train_log.append({"step": state.step, "loss": loss_value, "lr": learning_rate})
+                accelerator.log({"train/loss": loss_value, "train/lr": learning_rate}, step=state.step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_value:.4f}")
                 if state.step >= last_step:
                     break
-        epoch_finished = state.step >= (state.epoch + 1) * steps_per_epoch
-        if epoch_finished:
+                if every is not None and state.step % every == 0 and state.step < epoch_end:
+                    save_checkpoint()
+        new_best = False
+        if state.step >= epoch_end:
             state.epoch += 1
             if state.epoch % train_args.eval_every_epochs == 0 or state.epoch == train_args.num_epochs:
                 results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
@@ -182,11 +223,8 @@ def main() -> None:
                 accelerator.log({f"eval/{k}": v for k, v in _scalars(results).items()}, step=state.step)
                 accelerator.print(f"epoch {state.epoch}: {metric} {results[metric]:.4f}, loss {results['loss']:.4f}")
                 if is_better(metric, results[metric], state.best_value):
-                    state.best_value, state.best_epoch = results[metric], state.epoch
-                    if accelerator.is_main_process:
-                        save_trained(unwrapped, best_dir)
-        accelerator.wait_for_everyone()
-        accelerator.save_state()
+                    state.best_value, state.best_epoch, new_best = results[metric], state.epoch, True
+        save_checkpoint(new_best)
     progress.close()
 
     if state.epoch < train_args.num_epochs:
@@ -195,22 +233,15 @@ def main() -> None:
         return
 
     # The best epoch's weights become the run's result.
-    accelerator.wait_for_everyone()
-    load_trained_weights(unwrapped, best_dir)
+    load_trained_weights(unwrapped, checkpoints.last_saved / BEST_DIR)
     results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
     if accelerator.is_main_process:
-        save_trained(unwrapped, output_dir)
-        write_run_file(output_dir, model_args, image_size)
         final = {"metric_for_best_model": metric, "best_epoch": state.best_epoch, "eval_split": data_args.eval_split}
         final.update(results)
         final["untrained"] = state.baseline
         final["train_log"] = state.train_log
         if cache is not None:
             final["embedding_cache"] = {"directory": str(cache.directory), **asdict(cache.stats)}
-        (output_dir / "metrics.json").write_text(json.dumps(final, indent=2))
-        save_training_curves(output_dir / "training_curves.png", state.train_log, state.eval_log, metric)
-        split = data_args.eval_split
-        save_overlays(output_dir / "predictions.png", *overlay_examples(unwrapped, raw[split], prepared[split]))
         card = adapter_model_card(
             base_model=model_args.base_model,
             peft_type=PEFT_TYPES[model_args.method],
@@ -222,14 +253,18 @@ def main() -> None:
             hyperparameters=_hyperparameters(model_args, train_args),
             trainable_parameters=sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         )
-        card.save(output_dir / "README.md")
-        shutil.rmtree(best_dir, ignore_errors=True)
+        split = data_args.eval_split
+        with result_files(output_dir) as folder:  # moved into output_dir together, once all are written
+            save_trained(unwrapped, folder)
+            (folder / "metrics.json").write_text(json.dumps(final, indent=2))
+            save_training_curves(folder / "training_curves.png", state.train_log, state.eval_log, metric)
+            save_overlays(folder / "predictions.png", *overlay_examples(unwrapped, raw[split], prepared[split]))
+            card.save(folder / "README.md")
+        # written last: the run is finished (a requeued job finds it and exits)
+        write_run_file(output_dir, model_args, image_size, training={"epochs": state.epoch, "steps": state.step})
         accelerator.print(json.dumps({k: v for k, v in final.items() if k != "train_log"}, indent=2))
         if train_args.push_to_hub:
-            from sam_peft.hub import push_run
-
-            url = push_run(output_dir, train_args.hub_model_id)
-            accelerator.print(f"Pushed to {url}")
+            accelerator.print(f"Pushed to {push_run(output_dir, train_args.hub_model_id)}")
     accelerator.end_training()
 
 

@@ -76,7 +76,7 @@ def test_run_writes_adapter_card_metrics_and_pictures(finished_run):
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "training_curves.png").stat().st_size > 0 and (run_dir / "predictions.png").stat().st_size > 0
-    assert not (run_dir / "best").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_4"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric_for_best_model"] == "iou" and 0.0 <= metrics["iou"] <= 1.0
     assert set(metrics["untrained"]) >= {"iou", "s_alpha", "loss"}
@@ -107,20 +107,6 @@ def test_adapter_on_another_base_model_is_a_clear_error(finished_run, tmp_path):
     SamModel(config).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match=r"(?s)does not fit this model.*size mismatch.*conv_lora_A"):
         load_trained(finished_run / "run", base_model=str(tmp_path / "other"))
-
-
-def test_resume_continues_from_the_saved_step(finished_run, tmp_path):
-    shutil.copytree(finished_run / "base", tmp_path / "base")
-    interrupted = run_train(small_run(tmp_path, "resumed", "--max_steps", "2"))
-    assert "Stopped at step 2" in interrupted.stdout + interrupted.stderr
-    assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
-    resumed = run_train(small_run(tmp_path, "resumed", "--resume_from_checkpoint", "latest"))
-    assert "at step 2 (epoch 1)" in resumed.stdout + resumed.stderr
-    uninterrupted = adapter_weights(finished_run / "run")
-    continued = adapter_weights(tmp_path / "resumed")
-    assert uninterrupted.keys() == continued.keys()
-    for key in uninterrupted:  # same data order, augmentation, gate noise and optimiser state after resuming
-        torch.testing.assert_close(continued[key], uninterrupted[key], rtol=1e-4, atol=1e-6)
 
 
 def test_cached_encoder_outputs_give_the_same_run(finished_run, tmp_path):
@@ -173,21 +159,6 @@ def test_cad_trains_from_a_cache_filled_ahead(finished_run, tmp_path):
     assert "cad_image_size" in card and "CAD" in card
 
 
-@pytest.mark.slow
-def test_two_processes_agree_with_one(finished_run, tmp_path):
-    shutil.copytree(finished_run / "base", tmp_path / "base")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    os.environ["ACCELERATE_USE_CPU"] = "1"
-    try:
-        run_train(small_run(tmp_path, "ddp", "--batch_size", "2", "--eval_batch_size", "2"), launcher=launcher)
-    finally:
-        del os.environ["ACCELERATE_USE_CPU"]
-    single = json.loads((finished_run / "run" / "metrics.json").read_text())
-    double = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert double["untrained"]["iou"] == pytest.approx(single["untrained"]["iou"], abs=1e-6)  # same images, once
-    assert double["iou"] == pytest.approx(single["iou"], abs=0.15)
-
-
 def test_unknown_config_key_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("method: conv_lora\nlearning_rat: 0.1\n")
@@ -218,7 +189,10 @@ def test_output_dir_of_a_different_run_is_refused(finished_run, tmp_path):
     refused = run_train(args, check=False)
     assert refused.returncode != 0
     assert re.search(r"holds a different run \(.*train\.learning_rate: 0\.003 -> 0\.5", refused.stderr)
+    (tmp_path / "run" / ".tmp-results").mkdir()  # left by a kill
     run_train([*args, "--overwrite_output_dir", "true"])
+    # only what this run wrote is there: its configuration and its checkpoint
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "training_config.json"]
     recorded = json.loads((tmp_path / "run" / "training_config.json").read_text())
     assert recorded["train"]["learning_rate"] == 0.5
 

@@ -1,7 +1,7 @@
 """The training recipe's library: configuration, builders, loop state, checkpoints, evaluation and pictures."""
 
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args, parse_config
-from .builders import build_datasets, build_embedding_cache, build_model, ensure_random_base, load_data
+from .builders import SeededSamples, build_datasets, build_embedding_cache, build_model, ensure_random_base, load_data
 from .checkpoints import (
     load_trained,
     load_trained_weights,
@@ -11,18 +11,26 @@ from .checkpoints import (
     write_run_file,
 )
 from .evaluation import default_metric, evaluate, is_better, model_inputs
+from .files import result_files
 from .plots import save_overlays, save_training_curves
-from .state import TrainingState, check_output_dir
+from .run_folder import LOGS_DIR, RunPlan, claim_output_dir, plan_run, run_config
+from .state import BEST_DIR, CheckpointError, CheckpointFolder, TrainingState
 
 __all__ = [
+    "BEST_DIR",
+    "LOGS_DIR",
+    "CheckpointError",
+    "CheckpointFolder",
     "DataArguments",
     "ModelArguments",
+    "RunPlan",
+    "SeededSamples",
     "TrainArguments",
     "TrainingState",
     "build_datasets",
     "build_embedding_cache",
     "build_model",
-    "check_output_dir",
+    "claim_output_dir",
     "default_metric",
     "ensure_random_base",
     "evaluate",
@@ -33,8 +41,11 @@ __all__ = [
     "model_inputs",
     "parse_args",
     "parse_config",
+    "plan_run",
     "read_run_file",
     "register_trainable_checkpointing",
+    "result_files",
+    "run_config",
     "save_overlays",
     "save_trained",
     "save_training_curves",

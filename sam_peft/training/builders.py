@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import DatasetDict
 from huggingface_hub import constants
@@ -131,3 +132,31 @@ def build_embedding_cache(args: DataArguments, model: torch.nn.Module, image_siz
             f"got {image_size}."
         )
     return cache
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """A training split whose random augmentation of each sample is a pure function of `(seed, epoch, index)`.
+
+    Each sample is prepared under torch's generator seeded from those three numbers, inside `fork_rng`, so:
+    a run resumed mid-epoch draws what the uninterrupted run drew (a DataLoader prepares one batch ahead, and
+    would otherwise move the global generator past the state a checkpoint records), two processes draw what one
+    draws, and the model's own random draws (gate noise, dropout) never depend on the data pipeline.
+    Call `set_epoch` at the start of each epoch.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]

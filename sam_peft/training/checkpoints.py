@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..tuners.loading import set_adapter_weights
 from .arguments import ModelArguments
+from .files import write_json_atomic
 
 RUN_FILE = "sam_peft_run.json"
 DECODER_FILE = "decoder_model.safetensors"
@@ -62,10 +63,15 @@ def load_trained_weights(model: torch.nn.Module, directory: str | os.PathLike) -
         raise ValueError(f"The weights in {directory} do not fit this model: {error}") from error
 
 
-def write_run_file(directory: str | os.PathLike, model_args: ModelArguments, image_size: int) -> None:
-    """Records how the run's model is built, so evaluation and prediction rebuild the same one."""
+def write_run_file(
+    directory: str | os.PathLike, model_args: ModelArguments, image_size: int, training: dict | None = None
+) -> None:
+    """Records how the run's model is built, so evaluation and prediction rebuild the same one, and (`training`:
+    epochs and steps) that its training finished. Written atomically."""
     record = {"model": asdict(model_args), "image_size": image_size}
-    Path(directory, RUN_FILE).write_text(json.dumps(record, indent=2))
+    if training is not None:
+        record["training"] = training
+    write_json_atomic(Path(directory, RUN_FILE), record)
 
 
 def read_run_file(directory: str | os.PathLike) -> dict:
@@ -107,8 +113,9 @@ def register_trainable_checkpointing(accelerator, model: torch.nn.Module) -> Non
     and `load_state` restore them: the frozen base model stays out of every checkpoint."""
 
     def save_hook(models, weights, output_dir):
-        for unwrapped in models:
-            save_trained(accelerator.unwrap_model(unwrapped), output_dir)
+        if accelerator.is_main_process:
+            for unwrapped in models:
+                save_trained(accelerator.unwrap_model(unwrapped), output_dir)
         weights.clear()
 
     def load_hook(models, input_dir):
