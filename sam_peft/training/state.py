@@ -8,11 +8,13 @@ A checkpoint `output_dir/checkpoints/checkpoint_<step>/` holds:
 - `trainer_state.json`: this module's `TrainingState`, as JSON;
 - `best/`: the trained weights of the best evaluation so far (absent before the first evaluation);
 - `checkpoint.json`, written last: the step, epoch, number of processes, write sequence and the size and SHA-256 of
-  every other file. A folder without it is incomplete: reported, skipped, never chosen and never deleted.
+  every other file. A `checkpoint_<step>` folder without it is incomplete: reported, skipped, never chosen and
+  never deleted. Folders under temporary names (`.tmp-*`: a write or a removal that a kill interrupted) are
+  removed, with a message, by the next run.
 
-It is written under a temporary name, flushed to the disk and renamed into place; the oldest complete checkpoints
-beyond `keep` are removed only after that. Reading checks every file against `checkpoint.json` and unpickles nothing
-but tensors and plain values (`weights_only=True`).
+A checkpoint is written under a temporary name, flushed to the disk and renamed into place (`replace_directory`);
+the oldest complete checkpoints beyond `keep` are removed only after that. Reading checks every file against
+`checkpoint.json` and unpickles nothing but tensors and plain values (`weights_only=True`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
-from .files import TEMPORARY_PREFIX, fsync_tree, replace_directory, write_json_atomic
+from .files import TEMPORARY_PREFIX, replace_directory, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint_"
 MANIFEST_FILE = "checkpoint.json"
@@ -223,7 +225,6 @@ class CheckpointFolder:
                 shutil.copytree(previous_best, temporary / BEST_DIR)
         accelerator.wait_for_everyone()  # every process's random states are written
         if accelerator.is_main_process:
-            fsync_tree(temporary)
             files = sorted(p for p in temporary.rglob("*") if p.is_file())
             complete = self.complete()
             sequence = max((self.manifest(p)["sequence"] for p in complete), default=0) + 1
