@@ -245,7 +245,7 @@ def main() -> None:
         card = adapter_model_card(
             base_model=model_args.base_model,
             peft_type=PEFT_TYPES[model_args.method],
-            adapter_id=train_args.hub_model_id or str(output_dir),
+            adapter_id=train_args.hub_model_id or str(output_dir.resolve()),
             num_labels=model_args.num_labels,
             dataset_name=data_args.benchmark or data_args.hub_dataset or "custom",
             eval_split=data_args.eval_split,

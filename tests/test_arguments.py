@@ -230,3 +230,15 @@ def test_null_on_the_command_line_is_none_where_the_field_admits_it(config):
 def test_an_unknown_command_line_argument_is_named():
     with pytest.raises(ValueError, match=exactly("Unknown command-line argument(s): extra")):
         parse_args(["--num_epochs", "2", "extra"])
+
+
+def test_a_local_base_model_is_recorded_absolutely(tmp_path, monkeypatch):
+    """A relative local folder (existing, or one random_base creates) becomes absolute; a Hub id stays as it is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "sam").mkdir(parents=True)
+    model_args, _, _ = parse_args(["--base_model", "models/sam"])
+    assert model_args.base_model == str(tmp_path / "models" / "sam")
+    model_args, _, _ = parse_args(["--base_model", "new/base", "--random_base", "tiny"])
+    assert model_args.base_model == str(tmp_path / "new" / "base")
+    model_args, _, _ = parse_args(["--base_model", "facebook/sam-vit-base"])
+    assert model_args.base_model == "facebook/sam-vit-base"

@@ -51,10 +51,12 @@ def small_run(tmp_path: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-def run_train(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], launcher: list[str] | None = None, check: bool = True, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     command = [*(launcher or [sys.executable]), str(TRAIN), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_recipe import QUICKSTART, ROOT, TRAIN, _write_pairs, run_train, small_run
 
-from sam_peft.training import CheckpointError
+from sam_peft.training import CheckpointError, load_trained
 from sam_peft.training.state import MANIFEST_FILE, _sha256
 
 KILLED_TRAIN = Path(__file__).with_name("killed_train.py")
@@ -261,16 +261,43 @@ def test_a_finished_run_is_extended_with_more_epochs(reference, tmp_path, train_
 
 
 def test_a_run_that_fails_validation_leaves_nothing_and_the_corrected_command_runs(reference, tmp_path):
-    """Command-line data replaces the YAML's generated data; a typo in mask_dir fails before anything is written."""
+    """Command-line data replaces the YAML's generated data; a typo in mask_dir fails before anything is written.
+    The run, made with paths relative to its own working directory, loads from any other."""
     copy_base(reference, tmp_path)
     _write_pairs(tmp_path / "images", tmp_path / "masks", 10, np.random.default_rng(0))
-    data = ["--image_dir", str(tmp_path / "images"), "--max_steps", "1"]
-    failed = run_train(small_run(tmp_path, "run", *data, "--mask_dir", str(tmp_path / "mask")), check=False)
-    assert failed.returncode != 0 and str(tmp_path / "mask") in failed.stderr
+    args = small_run(Path("."), "run", "--image_dir", "images", "--num_epochs", "1")
+    failed = run_train([*args, "--mask_dir", "mask"], check=False, cwd=tmp_path)
+    assert failed.returncode != 0 and "mask" in failed.stderr.splitlines()[-1]
     assert not (tmp_path / "run").exists()
-    run_train(small_run(tmp_path, "run", *data, "--mask_dir", str(tmp_path / "masks")))
-    recorded = json.loads((tmp_path / "run" / "training_config.json").read_text())
-    assert recorded["data"]["benchmark"] is None and recorded["data"]["image_dir"] == str(tmp_path / "images")
+    run_train([*args, "--mask_dir", "masks"], cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    recorded = json.loads((run_dir / "training_config.json").read_text())
+    assert recorded["data"]["benchmark"] is None and recorded["data"]["image_dir"] == "images"
+    # recorded absolutely: the run file, the adapter config and the card's snippet work from anywhere
+    base = str(tmp_path / "base")
+    assert json.loads((run_dir / "sam_peft_run.json").read_text())["model"]["base_model"] == base
+    assert json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == base
+    card = (run_dir / "README.md").read_text()
+    assert f'from_pretrained("{base}"' in card and f'PeftModel.from_pretrained(base, "{run_dir}")' in card
+    assert Path.cwd() != tmp_path
+    model = load_trained(run_dir)
+    assert model.config.num_labels == 1
+
+
+def test_a_relative_base_model_is_found_beside_the_run(reference, tmp_path):
+    """A run folder that records its base model relatively (as earlier versions did) loads from another working
+    directory when the base model lies beside it."""
+    shutil.copytree(reference / "run", tmp_path / "run")
+    shutil.copytree(reference / "base", tmp_path / "run" / "base-sam")
+    record = json.loads((tmp_path / "run" / "sam_peft_run.json").read_text())
+    record["model"]["base_model"] = "base-sam"
+    (tmp_path / "run" / "sam_peft_run.json").write_text(json.dumps(record))
+    assert not Path("base-sam").exists()
+    pixel_values = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        got = load_trained(tmp_path / "run")(pixel_values=pixel_values).logits
+        expected = load_trained(reference / "run")(pixel_values=pixel_values).logits
+    torch.testing.assert_close(got, expected)
 
 
 def test_push_to_hub_is_checked_before_training(reference, tmp_path, train_main, monkeypatch):

@@ -295,7 +295,8 @@ def parse_config(
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`). A data source given on the
     command line (benchmark, image_dir, mask_dir or hub_dataset) replaces the YAML's source and its data_dir;
-    `--data_dir` alone completes the YAML's benchmark.
+    `--data_dir` alone completes the YAML's benchmark. A local `base_model` folder (or one `random_base` creates)
+    becomes an absolute path.
 
     Raises:
         ValueError: naming any key of the YAML file that is not a field of the three dataclasses, a field of the
@@ -310,4 +311,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             "cache_embeddings needs a method that keeps the image encoder frozen "
             f"({', '.join(FROZEN_ENCODER_METHODS)}); {model_args.method} changes the encoder's output as it trains."
         )
+    if model_args.random_base is not None or Path(model_args.base_model).is_dir():
+        # a local base model is recorded (run file, adapter config, card) by its absolute path: the run then loads
+        # from any working directory
+        model_args.base_model = str(Path(model_args.base_model).resolve())
     return model_args, data_args, train_args

@@ -89,7 +89,8 @@ def load_trained(
     revision: str | None = None,
 ) -> torch.nn.Module:
     """The trained model of a run folder or Hub repository, in eval mode, on `base_model` (default: the one it was
-    trained on). Hub ids go through huggingface_hub, so they load offline from the local cache too.
+    trained on; a relative local path is looked for in the run folder first, then in the working directory). Hub
+    ids go through huggingface_hub, so they load offline from the local cache too.
 
     Raises:
         ValueError: when `base_model` is not the architecture the run was trained on.
@@ -102,6 +103,9 @@ def load_trained(
     model_args = ModelArguments(**record["model"])
     if base_model is not None:
         model_args.base_model = base_model
+    elif not Path(model_args.base_model).is_absolute() and (directory / model_args.base_model).is_dir():
+        # a relative local base model (recorded by earlier sam-peft versions), beside the run folder
+        model_args.base_model = str(directory / model_args.base_model)
     model_args.random_base = None
     model = build_model(model_args)
     load_trained_weights(model, directory)
