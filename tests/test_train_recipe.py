@@ -224,32 +224,3 @@ def test_evaluate_prints_the_papers_row(finished_run, tmp_path):
         f"| {100 * metrics['ber']:.2f} | {100 * metrics['shadow_error']:.2f} | "
         f"{100 * metrics['non_shadow_error']:.2f} |"
     )
-
-
-def test_predict_writes_one_mask_per_image_at_its_size(finished_run, tmp_path):
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    Image.fromarray(np.zeros((30, 70, 4), dtype=np.uint8)).save(inputs / "rgba.png")
-    Image.fromarray(np.full((90, 40), 128, dtype=np.uint8)).save(inputs / "grey.jpg")
-    (inputs / "notes.txt").write_text("not an image")
-    command = [sys.executable, str(ROOT / "recipes" / "predict.py"), "--adapter", str(finished_run / "run")]
-    command += ["--input", str(inputs), "--output_dir", str(tmp_path / "out"), "--overlays"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name, size in (("rgba", (70, 30)), ("grey", (40, 90))):
-        mask = Image.open(tmp_path / "out" / f"{name}.png")
-        assert mask.size == size and set(np.unique(np.asarray(mask))) <= {0, 255}
-        assert (tmp_path / "out" / f"{name}_overlay.png").is_file()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "grey.png",
-        "grey_overlay.png",
-        "rgba.png",
-        "rgba_overlay.png",
-    ]
-
-
-def test_predict_names_a_missing_input(finished_run, tmp_path):
-    command = [sys.executable, str(ROOT / "recipes" / "predict.py"), "--adapter", str(finished_run / "run")]
-    command += ["--input", str(tmp_path / "absent"), "--output_dir", str(tmp_path / "out")]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode != 0 and "absent is neither an image file nor a folder" in result.stderr

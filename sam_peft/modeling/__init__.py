@@ -7,6 +7,7 @@ from .semantic_sam import (
     SamForSemanticSegmentation,
     SamSemanticSegmentationConfig,
     SamSemanticSegmentationOutput,
+    logits_at_original_size,
     post_process_semantic_segmentation,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "bce_iou_loss",
     "init_vision_weights_",
     "load_encoder_adapter",
+    "logits_at_original_size",
     "post_process_semantic_segmentation",
     "random_sam",
     "sam_config",

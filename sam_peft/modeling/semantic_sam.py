@@ -503,16 +503,29 @@ def _as_size_list(sizes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, in
     return [(int(height), int(width)) for height, width in sizes]
 
 
+def logits_at_original_size(
+    logits: Tensor,
+    original_sizes: Tensor | Sequence[Sequence[int]],
+    reshaped_input_sizes: Tensor | Sequence[Sequence[int]],
+) -> list[Tensor]:
+    """Undoes SAM's resize-longest-side-then-pad on logits `(B, K, S, S)`: each image's are cropped to the resized
+    image (`reshaped_input_sizes`, top-left as `SamImageProcessor` pads bottom and right) and resized bilinearly to
+    `original_sizes` (both as `SamImageProcessor` returns them). Returns per image `(K, height, width)`."""
+    results = []
+    for image_logits, original_size, reshaped_size in zip(
+        logits, _as_size_list(original_sizes), _as_size_list(reshaped_input_sizes), strict=True
+    ):
+        cropped = image_logits[None, :, : reshaped_size[0], : reshaped_size[1]]
+        results.append(F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)[0])
+    return results
+
+
 def post_process_semantic_segmentation(
     outputs: SamSemanticSegmentationOutput,
     original_sizes: Tensor | Sequence[Sequence[int]],
     reshaped_input_sizes: Tensor | Sequence[Sequence[int]],
 ) -> list[Tensor]:
-    """Brings `outputs.logits` back to the original images, undoing SAM's resize-longest-side-then-pad.
-
-    The logits, at the padded input size, are cropped to the resized image (`reshaped_input_sizes`, top-left as
-    `SamImageProcessor` pads bottom and right) and resized bilinearly to `original_sizes`; both are what
-    `SamImageProcessor` returns.
+    """Brings `outputs.logits` back to the original images (`logits_at_original_size`) as predictions.
 
     Args:
         outputs: the model's output (its `logits`, `(B, K, H, W)`).
@@ -523,12 +536,5 @@ def post_process_semantic_segmentation(
         Per image, binary models: the foreground probability map, float `(height, width)`; multi-class models:
         the label map, int64 `(height, width)`.
     """
-    logits = outputs.logits
-    results = []
-    for image_logits, original_size, reshaped_size in zip(
-        logits, _as_size_list(original_sizes), _as_size_list(reshaped_input_sizes), strict=True
-    ):
-        cropped = image_logits[None, :, : reshaped_size[0], : reshaped_size[1]]
-        resized = F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)[0]  # (K, h, w)
-        results.append(resized[0].sigmoid() if resized.shape[0] == 1 else resized.argmax(0))
-    return results
+    resized = logits_at_original_size(outputs.logits, original_sizes, reshaped_input_sizes)
+    return [logits[0].sigmoid() if logits.shape[0] == 1 else logits.argmax(0) for logits in resized]
