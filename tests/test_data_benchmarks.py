@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from sam_peft.data import BENCHMARKS, DataFileError, DataLayoutError, load_benchmark
+from sam_peft.training import DataArguments, build_datasets
 
 
 @dataclass
@@ -359,3 +361,48 @@ def test_unknown_colour_in_a_colour_coded_mask_is_named(tmp_path):
     Image.fromarray(mask).save(root / "train" / "masks" / "img_0000_mask.png")
     with pytest.raises(DataFileError, match=r"img_0000_mask\.png.*\(10, 200, 30\)"):
         load_benchmark("trans10k-v1", tmp_path)["train"][0]
+
+
+def test_verify_lists_the_bad_files_of_every_split_in_one_error(tmp_path):
+    root = write_tree(tmp_path, "camo")
+    Image.new("L", (5, 5)).save(root / "GT" / "camourflage_0003.png")
+    (root / "Images" / "Test" / "test_0001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataFileError) as raised:
+        load_benchmark("camo", tmp_path, verify=True)
+    message = str(raised.value)
+    assert message.startswith("2 problem(s) in the files of 13 image / mask pair(s):")
+    assert re.search(r"camourflage_0003\.png is 5x5 but its image .*camourflage_0003\.jpg is 12x11", message)
+    assert re.search(r"Cannot read image file .*test_0001\.jpg", message)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_two_images_of_one_stem_in_a_benchmark_folder_are_named(tmp_path):
+    root = write_tree(tmp_path, "chameleon")
+    Image.new("RGB", (12, 10)).save(root / "Imgs" / "img_0001.png")
+    with pytest.raises(DataFileError, match=r"Images .*img_0001\.jpg and .*img_0001\.png have the same name stem"):
+        load_benchmark("chameleon", tmp_path)
+
+
+def test_build_datasets_checks_the_benchmark_splits_it_trains_and_evaluates_on(tmp_path):
+    root = write_tree(tmp_path, "camo")
+    arguments = DataArguments(benchmark="camo", data_dir=str(tmp_path))
+    (root / "Images" / "Test" / "test_0001.jpg").write_bytes(b"not a jpeg")  # the test split is not used
+    raw, _ = build_datasets(arguments, 1, 16, 0)
+    assert {split: len(part) for split, part in raw.items()} == {"train": 9, "validation": 1}
+    Image.new("L", (5, 5)).save(root / "GT" / "camourflage_0003.png")
+    path = root / "Images" / "Train" / "camourflage_0007.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataFileError) as raised:
+        build_datasets(arguments, 1, 16, 0)
+    message = str(raised.value)
+    assert message.startswith("2 problem(s) in the files of 10 image / mask pair(s):")
+    assert "camourflage_0003.png is 5x5" in message and "camourflage_0007.jpg" in message
+    assert "test_0001" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_build_datasets_does_not_check_synthetic_data():
+    raw, _ = build_datasets(
+        DataArguments(benchmark="synthetic", synthetic_train_size=2, synthetic_eval_size=1), 1, 16, 0
+    )
+    assert len(raw["train"]) == 2

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import traceback
+
 import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from sam_peft.data import DataFileError, DataLayoutError, load_folder, load_hub, prepare_for_sam
+from sam_peft.data import DataFileError, DataLayoutError, load_folder, load_hub, prepare_for_sam, verify_dataset
+from sam_peft.training import DataArguments, build_datasets
 
 
 def _write_pairs(image_dir, mask_dir, count, mask_suffix="", mask_values=(0, 255)):
@@ -121,3 +125,106 @@ def test_load_hub_accepts_masks_stored_as_arrays(tmp_path):
     )
     dataset = load_hub(str(tmp_path / "repo"), cache_dir=str(tmp_path / "cache"))
     assert np.asarray(dataset["train"][0]["mask"]).tolist() == [[0, 1, 1], [0, 0, 1]]
+
+
+def test_load_folder_rejects_two_images_of_one_stem(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 3)
+    PILImage.new("RGB", (10, 8)).save(tmp_path / "images" / "case1.png")
+    with pytest.raises(DataFileError, match=r"Images .*case1\.jpg and .*case1\.png have the same name stem 'case1'"):
+        load_folder(tmp_path / "images", tmp_path / "masks", validation_fraction=0.3)
+    assert len(load_folder(tmp_path / "images", tmp_path / "masks", image_pattern="*.jpg")["train"]) == 3
+
+
+def test_load_folder_rejects_two_masks_of_one_stem(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 3)
+    PILImage.new("L", (10, 8)).save(tmp_path / "masks" / "case2.jpg")
+    with pytest.raises(DataFileError, match=r"case2\.jpg has several masks: .*case2\.jpg, .*case2\.png"):
+        load_folder(tmp_path / "images", tmp_path / "masks")
+
+
+def _break_files(image_dir, mask_dir) -> dict[str, str]:
+    """Breaks four of the pairs written by `_write_pairs`; returns the bad file names and what must be said."""
+    PILImage.new("L", (4, 4)).save(mask_dir / "case1.png")  # wrong size
+    png = (mask_dir / "case2.png").read_bytes()
+    (mask_dir / "case2.png").write_bytes(png[: len(png) // 2])  # truncated: its header is intact
+    (image_dir / "case3.jpg").write_bytes(b"this is a text file")  # not an image
+    jpeg = (image_dir / "case4.jpg").read_bytes()
+    (image_dir / "case4.jpg").write_bytes(jpeg[: len(jpeg) - 40])  # truncated JPEG
+    return {
+        "case1.png": r"Mask .*case1\.png is 4x4 but its image .*case1\.jpg is 10x8",
+        "case2.png": r"Cannot read image file .*case2\.png",
+        "case3.jpg": r"Cannot read image file .*case3\.jpg: cannot identify image file",
+        "case4.jpg": r"Cannot read image file .*case4\.jpg",
+    }
+
+
+def test_verify_reports_every_bad_file_in_one_error_without_a_chained_traceback(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 8)
+    expected = _break_files(tmp_path / "images", tmp_path / "masks")
+    with pytest.raises(DataFileError) as raised:
+        load_folder(tmp_path / "images", tmp_path / "masks", verify=True)
+    message = str(raised.value)
+    assert message.startswith("4 problem(s) in the files of 8 image / mask pair(s):\n")
+    for pattern in expected.values():
+        assert re.search(pattern, message), pattern
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_verify_lists_twenty_problems_then_how_many_more(tmp_path):
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for index in range(23):
+        PILImage.new("RGB", (5, 4)).save(tmp_path / "images" / f"case{index}.png")
+        PILImage.new("L", (3, 3)).save(tmp_path / "masks" / f"case{index}.png")
+    with pytest.raises(DataFileError) as raised:
+        load_folder(tmp_path / "images", tmp_path / "masks", verify=True)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "23 problem(s) in the files of 23 image / mask pair(s):"
+    assert sum("is 3x3 but its image" in line for line in lines) == 20 and "  ... and 3 more" in lines
+
+
+def test_verify_compares_sizes_after_the_exif_orientation(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 2)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # displayed turned 90 degrees: 8 wide, 10 high
+    PILImage.new("RGB", (10, 8)).save(tmp_path / "images" / "case1.jpg", exif=exif)
+    PILImage.new("L", (8, 10)).save(tmp_path / "masks" / "case1.png")
+    dataset = load_folder(tmp_path / "images", tmp_path / "masks", verify=True)
+    assert verify_dataset(dataset) == 2
+    assert dataset["train"][1]["image"].size == (8, 10)
+
+
+def _folder_arguments(tmp_path, **changes) -> DataArguments:
+    return DataArguments(image_dir=str(tmp_path / "images"), mask_dir=str(tmp_path / "masks"), **changes)
+
+
+def test_build_datasets_checks_every_file_of_a_folder_before_training(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 10)
+    raw, prepared = build_datasets(_folder_arguments(tmp_path), 1, 16, 0)
+    assert {split: len(part) for split, part in raw.items()} == {"train": 8, "validation": 2}
+    assert prepared["train"][0]["labels"].shape == (16, 16)
+    expected = _break_files(tmp_path / "images", tmp_path / "masks")
+    with pytest.raises(DataFileError) as raised:
+        build_datasets(_folder_arguments(tmp_path), 1, 16, 0)
+    for pattern in expected.values():
+        assert re.search(pattern, str(raised.value)), pattern
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert "".join(traceback.format_exception(raised.value)).count("Traceback") == 1
+
+
+def test_build_datasets_checks_only_the_rows_it_uses(tmp_path):
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 10)
+    ids = list(
+        load_folder(tmp_path / "images", tmp_path / "masks", validation_fraction=0.2)["train"].with_format(None)["id"]
+    )
+    PILImage.new("L", (3, 3)).save(tmp_path / "masks" / f"{ids[-1]}.png")  # the last training image's mask
+    arguments = _folder_arguments(tmp_path, max_train_samples=len(ids) - 1)
+    assert len(build_datasets(arguments, 1, 16, 0)[0]["train"]) == len(ids) - 1
+    with pytest.raises(DataFileError, match=rf"{ids[-1]}\.png is 3x3"):
+        build_datasets(_folder_arguments(tmp_path), 1, 16, 0)
+
+
+def test_verify_dataset_skips_rows_held_in_memory(tmp_path):
+    _write_parquet_dataset(tmp_path / "repo")
+    dataset = load_hub(str(tmp_path / "repo"), image_column="img", target_column="seg", cache_dir=str(tmp_path / "c"))
+    assert verify_dataset(dataset) == 0

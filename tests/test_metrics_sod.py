@@ -456,6 +456,16 @@ def test_normalize_predictions_is_per_image_min_max():
     assert pred[0, 0, 1] == 0.6  # input untouched
 
 
+def _with_nan(maps, image=None):
+    """`maps` with one NaN pixel (in image `image` of a stack): once read as background, now an error."""
+    maps = maps.clone() if isinstance(maps, torch.Tensor) else maps.copy()
+    if image is None:
+        maps[1, 2] = math.nan
+    else:
+        maps[image, 1, 2] = math.nan
+    return maps
+
+
 @pytest.mark.parametrize(
     ("preds", "refs", "message"),
     [
@@ -469,6 +479,10 @@ def test_normalize_predictions_is_per_image_min_max():
         ([-torch.rand(4, 4)], [torch.ones(4, 4)], "Prediction 0 has values outside"),
         ([torch.rand(4, 4)] * 2, [torch.ones(4, 4, dtype=torch.uint8)] * 2, "Reference 0 is a uint8 mask of 0s"),
         ([torch.rand(4, 4)], [torch.full((4, 4), 2)], "Reference 0 is an integer mask"),
+        ([torch.rand(4, 4)] * 2, [torch.ones(4, 4), _with_nan(torch.zeros(4, 4))], "Reference 1 contains NaN"),
+        ([torch.rand(3, 3), torch.rand(4, 4)], [torch.ones(3, 3), _with_nan(np.ones((4, 4)))], "Reference 1 contains"),
+        (torch.rand(3, 4, 4), _with_nan(torch.zeros(3, 4, 4), image=2), "Reference 2 contains NaN"),
+        (np.full((2, 4, 4), 0.5), _with_nan(np.zeros((2, 4, 4), np.float32), image=1), "Reference 1 contains NaN"),
         (None, [torch.ones(4, 4)], "`predictions` is missing"),
         ("not maps", [torch.ones(4, 4)], "must be a list of H x W maps"),
     ],
@@ -477,6 +491,16 @@ def test_bad_inputs_raise_value_errors(preds, refs, message):
     metrics = SODMetrics()
     with pytest.raises(ValueError, match=message):
         metrics.update(preds, refs)
+
+
+def test_a_reference_with_nan_is_refused_before_any_image_is_counted():
+    metrics = SODMetrics()
+    refs = [torch.ones(5, 5), torch.full((5, 5), math.nan, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="Reference 1 contains NaN"):
+        metrics.update([torch.rand(5, 5), torch.rand(5, 5)], refs)
+    with pytest.raises(ValueError, match="Reference 0 contains NaN"):
+        compute_sod_metrics([torch.rand(5, 5)], [np.full((5, 5), math.nan, np.float32)])
+    assert metrics.num_images == 0
 
 
 def test_integer_predictions_raise_type_error():

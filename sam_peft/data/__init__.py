@@ -9,7 +9,15 @@ loader = torch.utils.data.DataLoader(inputs["train"], batch_size=4, shuffle=True
 ```
 """
 
-from .decoding import IGNORE_INDEX, SegmentationDecoder, open_image, to_binary_mask, to_label_map, to_rgb
+from .decoding import (
+    IGNORE_INDEX,
+    SegmentationDecoder,
+    open_image,
+    thresholded_masks,
+    to_binary_mask,
+    to_label_map,
+    to_rgb,
+)
 from .embedding_cache import CacheStats, EmbeddingCache
 from .errors import DataFileError, DataLayoutError
 from .layouts import (
@@ -19,7 +27,7 @@ from .layouts import (
     BenchmarkLayout,
     SplitSource,
 )
-from .loaders import load_benchmark, load_folder, load_hub, load_layout, segmentation_features
+from .loaders import load_benchmark, load_folder, load_hub, load_layout, segmentation_features, verify_dataset
 from .preprocessing import (
     DEFAULT_AUGMENTATION,
     Augmentation,
@@ -67,7 +75,9 @@ __all__ = [
     "sam_collate_fn",
     "sam_image_processor",
     "segmentation_features",
+    "thresholded_masks",
     "to_binary_mask",
     "to_label_map",
     "to_rgb",
+    "verify_dataset",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets.utils import tqdm
 from PIL import Image
 
-from .decoding import IMAGE_EXTENSIONS
+from .decoding import IMAGE_EXTENSIONS, exif_orientation
 from .errors import DataFileError, DataLayoutError
 
 # Scans and checks over at least this many files show a progress bar.
@@ -161,26 +161,97 @@ def find_pairs(
     images = list_images(image_folder, image_pattern, exclude_suffix=mask_suffix if same_folder else "")
     if not images:
         raise DataLayoutError(f"No image files matching {image_pattern!r} in {image_folder}.")
+    check_unique_stems(images, image_pattern)
     return pair_by_stem(images, mask_folder, mask_pattern, mask_suffix, id_prefix)
 
 
-def verify_pairs(pairs: Sequence[Pair], desc: str = "Checking files") -> None:
-    """Reads every file's header: unreadable files and masks whose size differs from their image raise.
+def check_unique_stems(images: Sequence[Path], pattern: str = "*") -> None:
+    """Raises `DataFileError` naming both files when two images share a stem (`im03.png` and `im03.jpg`).
 
-    Cheap (no pixel decoding) but not complete: a truncated file is only detected when it is decoded.
+    They would get the same id and the same mask. (Two masks of one stem are reported by `pair_by_stem`, for the
+    images that would use them.)
     """
-    for pair in tqdm(pairs, desc=desc, disable=len(pairs) < PROGRESS_MIN_FILES):
-        image_size, mask_size = _header_size(pair.image), _header_size(pair.mask)
-        if image_size != mask_size:
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen:
             raise DataFileError(
-                f"Mask {pair.mask} is {mask_size[0]}x{mask_size[1]} but its image {pair.image} is "
-                f"{image_size[0]}x{image_size[1]} (width x height)."
+                f"Images {seen[image.stem]} and {image} have the same name stem {image.stem!r}, so they would get the "
+                f"same id and the same mask; remove or rename one, or pass an image pattern narrower than "
+                f"{pattern!r} (e.g. '*.jpg')."
             )
+        seen[image.stem] = image
 
 
-def _header_size(path: Path) -> tuple[int, int]:
+# A file-checking error message lists at most this many problems, then says how many more there are.
+MAX_LISTED_PROBLEMS = 20
+
+
+def verify_pairs(pairs: Sequence[Pair], desc: str = "Checking files") -> None:
+    """Checks every pair's files without decoding their pixels; raises one `DataFileError` listing every problem.
+
+    Each file's header must be readable (not missing, not a non-image), PNG and JPEG files must not be truncated
+    (checked by their end marker; a file without one is decoded to be sure), and each mask must have its image's
+    size once both are turned upright by their EXIF orientation. Other problems (a truncated file of another
+    format, unknown mask colours) are only found when a file is decoded.
+
+    Raises:
+        DataFileError: listing up to `MAX_LISTED_PROBLEMS` bad files with their reasons, then how many more; raised
+            without a chained traceback.
+    """
+    problems = []
+    for pair in tqdm(pairs, desc=desc, disable=len(pairs) < PROGRESS_MIN_FILES):
+        problems.extend(pair_problems(pair))
+    if problems:
+        raise DataFileError(problems_message(problems, len(pairs))) from None
+
+
+def pair_problems(pair: Pair) -> list[str]:
+    """What is wrong with one pair's files (one line each), or nothing."""
+    image_size, image_problem = _checked_size(pair.image)
+    mask_size, mask_problem = _checked_size(pair.mask)
+    problems = [problem for problem in (image_problem, mask_problem) if problem is not None]
+    if not problems and image_size != mask_size:
+        problems.append(
+            f"Mask {pair.mask} is {mask_size[0]}x{mask_size[1]} but its image {pair.image} is "
+            f"{image_size[0]}x{image_size[1]} (width x height)."
+        )
+    return problems
+
+
+def problems_message(problems: Sequence[str], num_pairs: int) -> str:
+    """One readable message for the problems found in `num_pairs` image / mask pairs."""
+    shown = "\n".join(f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    more_line = f"\n  ... and {more} more" if more > 0 else ""
+    return (
+        f"{len(problems)} problem(s) in the files of {num_pairs} image / mask pair(s):\n{shown}{more_line}\n"
+        "Fix, replace or remove these files (with their image or mask) and load again."
+    )
+
+
+def _checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """`((width, height) as displayed, None)`, or `(None, what is wrong)`."""
     try:
         with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataFileError(f"Cannot read image file {path}: {error}") from error
+            width, height = image.size
+            transposed = exif_orientation(image, header_only=True) >= 5
+            if _lacks_end_marker(image.format, path):
+                image.load()  # a file without its end marker may still decode: only a failed decode is reported
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return None, f"Cannot read image file {path}: {error}"
+    return ((height, width) if transposed else (width, height)), None
+
+
+_END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9", "MPO": b"\xff\xd9"}
+_TAIL_BYTES = 1024  # the end marker may be followed by padding or a small trailer
+
+
+def _lacks_end_marker(image_format: str | None, path: Path) -> bool:
+    """Whether a PNG or JPEG file's last bytes lack its end marker (it may be truncated); False for others."""
+    marker = _END_MARKERS.get(image_format or "")
+    if marker is None:
+        return False
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        file.seek(max(0, file.tell() - _TAIL_BYTES))
+        return marker not in file.read()

@@ -4,9 +4,16 @@ The loaders of `sam_peft.data` store images and masks undecoded (`datasets.Image
 the file's bytes) and decode them lazily with a `SegmentationDecoder`, set as the datasets' transform. Decoding
 here, rather than in `datasets.Image`, lets every error name its file and handles what the benchmarks contain:
 
+- images and masks are turned upright by their EXIF orientation tag (phone photos store the pixels unrotated
+  and a tag saying how to display them; masks are drawn on the displayed image), as `datasets.Image` does;
 - images in any mode (RGBA, greyscale, palette, 16-bit, CMYK, ...) become 8-bit RGB;
-- binary masks (0/255, anti-aliased JPEG, colour, 16-bit, alpha) become 0/1 by thresholding at 128
-  (a mask already in {0, 1} is kept as it is);
+- binary masks (colour, 16-bit, alpha, palette) are first reduced to one intensity per pixel, then become 0/1:
+  a mask with exactly two values has the larger one as foreground, whatever it is (0/1, 0/100, 0/255, 0/65535);
+  a mask with more than two values (anti-aliased JPEG, soft mask) is thresholded at 128 on the 8-bit scale
+  (`threshold * 257` for 16-bit masks, 0.5 for values within [0, 1]); a mask with one value is all foreground
+  when that value is at or above the threshold (or is 1 in a mask within [0, 1]) and all background otherwise.
+  The first thresholded mask of a process raises one `UserWarning` naming it (later ones are only counted:
+  `thresholded_masks()` lists them), so that a soft mask whose foreground stays below the threshold is seen;
 - class-id masks are read as indices, or mapped from colours through an explicit palette, where an unknown
   colour is an error.
 """
@@ -15,12 +22,14 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DataFileError
 
@@ -35,6 +44,7 @@ PaletteLike = Mapping[tuple[int, int, int], int] | Sequence[tuple[int, int, int]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 def describe_source(value: Any) -> str:
@@ -47,7 +57,10 @@ def describe_source(value: Any) -> str:
 
 
 def open_image(value: Any, source: str | None = None) -> Image.Image:
-    """Reads one stored image completely, whatever form `datasets` or the user gives it in.
+    """Reads one stored image completely, whatever form `datasets` or the user gives it in, turned upright.
+
+    An image with an EXIF orientation tag (phone photos) is flipped / rotated as it is displayed, and its tag
+    dropped; a PIL image given in memory is then copied, not changed.
 
     Args:
         value: a path, a `{"bytes": ..., "path": ...}` dict (as `datasets.Image(decode=False)` stores it), a PIL
@@ -58,7 +71,7 @@ def open_image(value: Any, source: str | None = None) -> Image.Image:
         DataFileError: naming the file, when it is missing, not an image, or truncated.
     """
     if isinstance(value, Image.Image):
-        return value
+        return ImageOps.exif_transpose(value) if exif_orientation(value) != 1 else value
     if isinstance(value, (np.ndarray, list)):
         return _array_image(np.asarray(value))
     source = source or describe_source(value)
@@ -69,9 +82,27 @@ def open_image(value: Any, source: str | None = None) -> Image.Image:
         else:
             image = Image.open(value)
         image.load()
+        if exif_orientation(image) != 1:
+            ImageOps.exif_transpose(image, in_place=True)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataFileError(f"Cannot read image file {source}: {error}") from error
     return image
+
+
+def exif_orientation(image: Image.Image, header_only: bool = False) -> int:
+    """The EXIF orientation tag of `image` (1 = upright, 2..8 = flipped and / or rotated); 1 when it has none.
+
+    With `header_only`, nothing more than the header is read: the EXIF chunk of a PNG that stores it after the
+    pixel data is then not seen. A malformed EXIF block counts as no tag: it should not make an otherwise
+    readable image unusable.
+    """
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1  # Pillow would decode the whole PNG to look for a late EXIF chunk
+    try:
+        orientation = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # Pillow's EXIF parser raises many types on malformed blocks
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
@@ -133,18 +164,76 @@ def _mask_intensity(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).max(axis=-1)
 
 
-def to_binary_mask(image: Image.Image, threshold: int = 128) -> np.ndarray:
-    """A binary mask `(H, W)` uint8 in {0, 1}: pixels at or above `threshold` (8-bit scale) are foreground.
+def to_binary_mask(image: Image.Image, threshold: int = 128, source: str | None = None) -> np.ndarray:
+    """A binary mask `(H, W)` uint8 in {0, 1} from a mask image of any mode.
 
-    A mask whose values are already within {0, 1} is kept; 16-bit masks (maximum above 255) are thresholded at
-    `threshold * 257`.
+    The mask is first reduced to one intensity per pixel (see `_mask_intensity`); then:
+
+    - exactly two values: the larger one is foreground, whatever it is (0/1, 0/100, 0/255, 0/65535, 100/255);
+    - more than two values (anti-aliased JPEG, soft mask): pixels at or above `threshold` (8-bit scale) are
+      foreground; `threshold * 257` for 16-bit masks (maximum above 255), 0.5 for masks within [0, 1]. The first
+      such mask of the process raises a `UserWarning` naming it; every one is recorded (`thresholded_masks()`);
+    - one value: all foreground when it is at or above that threshold (or is 1 in a mask within [0, 1]), else
+      all background (as before the two-value rule).
+
+    Args:
+        image: the decoded mask.
+        threshold: binarisation threshold of masks with more than two values, on the 8-bit scale.
+        source: the mask's name, for the warning and `thresholded_masks()`; `"<mask>"` when not given.
     """
     intensity = _mask_intensity(image)
-    peak = float(intensity.max()) if intensity.size else 0.0
-    if peak <= 1.0:
-        return (intensity >= 0.5).astype(np.uint8)
-    level = threshold * 257 if peak > 255 else threshold
+    if intensity.size == 0:
+        return np.zeros(intensity.shape, np.uint8)
+    low, high = intensity.min(), intensity.max()
+    level = _threshold_level(float(high), threshold)
+    if low == high:
+        return np.full(intensity.shape, int(high >= level), np.uint8)
+    if ((intensity == low) | (intensity == high)).all():
+        return (intensity == high).astype(np.uint8)
+    _record_thresholded(source or "<mask>", threshold)
     return (intensity >= level).astype(np.uint8)
+
+
+def _threshold_level(peak: float, threshold: int) -> float:
+    """The threshold on a mask's own scale: 0.5 within [0, 1], `threshold * 257` for 16-bit, else `threshold`."""
+    if peak <= 1.0:
+        return 0.5
+    return threshold * 257 if peak > 255 else threshold
+
+
+_thresholded_lock = threading.Lock()
+_thresholded: dict[str, None] = {}  # names of the masks thresholded in this process, in order (an ordered set)
+
+
+def _record_thresholded(source: str, threshold: int) -> None:
+    """Records a thresholded mask; the first one of the process (since the last reset) raises the warning."""
+    with _thresholded_lock:
+        first = not _thresholded
+        _thresholded[source] = None
+    if first:
+        warnings.warn(
+            f"Mask {source} has more than two values (an anti-aliased JPEG or a soft mask?), so it was thresholded "
+            f"at {threshold} on the 8-bit scale: pixels below are background, even where the mask's foreground is "
+            "faint. Masks with exactly two values take the larger as foreground. This warning is given once per "
+            "process; sam_peft.data.decoding.thresholded_masks() lists every mask thresholded so far.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+def thresholded_masks(reset: bool = False) -> list[str]:
+    """The names of the masks with more than two values thresholded by this process so far, in decoding order.
+
+    DataLoader workers are processes of their own: each has its own list and gives its own warning.
+
+    Args:
+        reset: forget them afterwards, so that the next thresholded mask warns again.
+    """
+    with _thresholded_lock:
+        names = list(_thresholded)
+        if reset:
+            _thresholded.clear()
+    return names
 
 
 def palette_table(palette: PaletteLike) -> tuple[tuple[int, int, int, int], ...]:
@@ -231,8 +320,8 @@ class SegmentationDecoder:
     `label` (multi-class task) an `"L"` image of class ids with 255 = ignore; other columns pass through.
 
     Args:
-        target: `"mask"` (binary, thresholded at `threshold`) or `"label"` (class ids).
-        threshold: binarisation threshold on the 8-bit scale.
+        target: `"mask"` (binary, see `to_binary_mask`) or `"label"` (class ids).
+        threshold: binarisation threshold of masks with more than two values, on the 8-bit scale.
         palette: `(r, g, b, class_id)` tuples (see `palette_table`) for colour-coded label masks.
         num_labels: number of classes of a label mask, to check its values; `None` skips the check.
     """
@@ -262,7 +351,7 @@ class SegmentationDecoder:
     def decode_target(self, target: Image.Image, source: str = "<mask>") -> np.ndarray:
         """A decoded mask image -> `(H, W)` uint8: {0, 1} for `"mask"`, class ids for `"label"`."""
         if self.target == "mask":
-            return to_binary_mask(target, self.threshold)
+            return to_binary_mask(target, self.threshold, source)
         return to_label_map(target, self.palette, self.num_labels, source)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:

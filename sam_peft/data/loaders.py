@@ -3,7 +3,7 @@
 Files are stored undecoded (`datasets.Image(decode=False)`: paths for local files) and decoded lazily by a
 `SegmentationDecoder` set with `with_transform`: reading `ds["train"][0]` gives an RGB `PIL.Image` and a mask
 `PIL.Image` in {0, 1} (or class ids, 255 = ignore). Nothing is read from disk until an example is accessed, except
-the folder listings.
+the folder listings, unless `verify=True` (or `verify_dataset`) checks every file first.
 """
 
 from __future__ import annotations
@@ -268,8 +268,7 @@ def load_layout(layout: BenchmarkLayout, data_dir: str | os.PathLike, **override
     root = find_root(layout, data_dir)
     splits = _collect(layout, root)
     if options.get("verify", False):
-        for split, pairs in splits.items():
-            verify_pairs(pairs, desc=f"Checking {layout.name} {split}")
+        verify_pairs([pair for pairs in splits.values() for pair in pairs], desc=f"Checking {layout.name} files")
     seed = options.get("seed", DEFAULT_SPLIT_SEED)
     holdout = options.get("holdout_test", layout.holdout_test)
     fraction = options.get("validation_fraction", layout.validation_fraction)
@@ -307,14 +306,15 @@ def load_benchmark(name: str, data_dir: str | os.PathLike, **overrides: Any) -> 
         overrides: `{split}_images` / `{split}_masks`: a folder (relative to the dataset root, or absolute) or a
             glob such as `"imgs/*.png"`, replacing that split's folders; `image_pattern`, `mask_pattern`,
             `mask_suffix`: for every split; `validation_fraction`, `holdout_test` (count), `seed`: the carving;
-            `threshold` (binary masks), `palette` (colour -> class id); `verify=True` reads every file's header
-            now, to find unreadable files and size mismatches before training.
+            `threshold` (binary masks), `palette` (colour -> class id); `verify=True` checks every file now
+            (headers, truncation, sizes: see `verify_dataset`), to find bad files before training.
 
     Raises:
         ValueError: for an unknown `name` (listing the known ones).
         DataLayoutError: when `data_dir` or an expected sub-folder is missing.
-        DataFileError: for an image without a mask (naming it); unreadable files and masks whose size differs from
-            their image raise it when first read (or at load time with `verify=True`).
+        DataFileError: for an image without a mask or two images of one stem in a folder (naming them); unreadable
+            or truncated files and masks whose size differs from their image raise it when first read (or at load
+            time with `verify=True`, all of them in one error).
     """
     key = _normalise_name(name)
     if key not in BENCHMARKS:
@@ -356,7 +356,8 @@ def load_folder(
 ) -> DatasetDict:
     """Loads a custom folder of images and a folder of masks matched by file stem.
 
-    A mask is named `<image stem><mask_suffix>.<any image extension>` (e.g. `mask_suffix="_segmentation"`).
+    A mask is named `<image stem><mask_suffix>.<any image extension>` (e.g. `mask_suffix="_segmentation"`). Two
+    images of one stem (`im03.png` and `im03.jpg`) are an error, as is an image with two candidate masks.
 
     Args:
         image_dir: folder of images (only its direct files whose name matches `image_pattern`).
@@ -366,10 +367,15 @@ def load_folder(
         threshold: binarisation threshold of binary masks (8-bit scale).
         split: name of the split holding the images.
         validation_fraction, test_fraction: carved out of `split` with `seed` (test first).
-        verify: read every file's header now (unreadable files, size mismatches).
+        verify: check every file now (unreadable or truncated files, size mismatches: see `verify_dataset`).
 
     Returns:
         A `DatasetDict` with `split` (and `validation` / `test` when carved), columns `image`, `mask` or `label`, `id`.
+
+    Raises:
+        DataLayoutError: when a folder is missing or holds no matching image.
+        DataFileError: for an image without a mask, two images of one stem, an image with several masks; with
+            `verify`, for every bad file (in one error).
     """
     image_folder, mask_folder = Path(image_dir).expanduser(), Path(mask_dir).expanduser()
     for role, folder in (("image", image_folder), ("mask", mask_folder)):
@@ -377,11 +383,53 @@ def load_folder(
             raise DataLayoutError(f"The {role} folder {folder} does not exist or is not a folder.")
     pairs = find_pairs(image_folder, mask_folder, image_pattern, mask_pattern, mask_suffix)
     if verify:
-        verify_pairs(pairs)
+        verify_pairs(pairs, desc=f"Checking {image_folder.name} files")
     splits, notes = _folder_splits(pairs, split, validation_fraction, test_fraction, seed)
     target = "mask" if num_labels == 1 else "label"
     decoder = _decoder(target, threshold, palette, num_labels if target == "label" else None)
     return _assemble(splits, decoder, f"Image folder {image_folder}", image_folder.name, notes)
+
+
+def _stored_path(value: Any) -> str | None:
+    """The file path of a stored (undecoded) image value, or `None` when it is held in memory."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, Mapping) and value.get("bytes") is None and value.get("path"):
+        return value["path"]
+    return None
+
+
+def verify_dataset(dataset: Dataset | DatasetDict, desc: str = "Checking files") -> int:
+    """Checks the files of every row of a `load_folder` / `load_benchmark` dataset, without decoding their pixels.
+
+    For each row whose image and mask (or label) are file paths: both headers must be readable, PNG and JPEG files
+    must end with their end marker (a file that does not is decoded to be sure), and the mask must have the
+    image's size once both are turned upright by their EXIF orientation. Rows holding images in memory (Hub
+    datasets, synthetic data) are skipped: checking them would mean decoding them. A progress bar shows from
+    1000 rows on.
+
+    Args:
+        dataset: a dataset or every split of a `DatasetDict` (columns `image` and `mask` or `label`, `id`).
+        desc: the progress bar's label.
+
+    Returns:
+        The number of rows checked.
+
+    Raises:
+        DataFileError: one error listing every bad file with its reason (the first 20, then how many more), with no
+            chained traceback.
+    """
+    parts = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+    pairs = []
+    for part in parts:
+        target = "mask" if "mask" in part.column_names else "label"
+        columns = part.select_columns(["image", target]).with_format(None)[:]
+        for index, (image, mask) in enumerate(zip(columns["image"], columns[target], strict=True)):
+            image_path, mask_path = _stored_path(image), _stored_path(mask)
+            if image_path is not None and mask_path is not None:
+                pairs.append(Pair(str(index), Path(image_path), Path(mask_path)))
+    verify_pairs(pairs, desc=desc)
+    return len(pairs)
 
 
 def _as_dataset_dict(loaded: Any) -> DatasetDict:

@@ -63,8 +63,9 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
         One `SizeGroup` per distinct size, dtypes and devices, in order of first appearance.
 
     Raises:
-        ValueError: if either input is empty, their lengths differ, a map is not 2-D, or a prediction and
-            its reference have different shapes (the message names the index).
+        ValueError: if either input is empty, their lengths differ, a map is not 2-D, a prediction and
+            its reference have different shapes, or a floating point reference contains NaN (the message names
+            the index). NaN in predictions is left to the metrics (the SOD metrics reject it).
     """
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
@@ -73,7 +74,9 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
     if len(preds) != len(refs):
         raise ValueError(f"Got {len(preds)} predictions but {len(refs)} references.")
     if isinstance(preds, torch.Tensor) and isinstance(refs, torch.Tensor) and preds.shape == refs.shape:
-        return [SizeGroup(list(range(len(preds))), preds, refs)]
+        indices = list(range(len(preds)))
+        _check_no_nan(refs, indices, "Reference")
+        return [SizeGroup(indices, preds, refs)]
 
     groups: dict[tuple, list[int]] = {}
     for index, (pred, ref) in enumerate(zip(preds, refs, strict=True)):
@@ -85,10 +88,22 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
             )
         key = (tuple(pred.shape), pred.dtype, ref.dtype, pred.device, ref.device)
         groups.setdefault(key, []).append(index)
-    return [
+    stacked = [
         SizeGroup(indices, torch.stack([preds[i] for i in indices]), torch.stack([refs[i] for i in indices]))
         for indices in groups.values()
     ]
+    for group in stacked:
+        _check_no_nan(group.references, group.indices, "Reference")
+    return stacked
+
+
+def _check_no_nan(maps: torch.Tensor, indices: list[int], name: str) -> None:
+    """Raises ValueError naming the first image of `maps` (B, H, W) that holds a NaN: it would read as background."""
+    if not maps.is_floating_point() or maps.numel() == 0:
+        return
+    bad = first_failing(indices, maps.isnan().flatten(1).any(dim=1))
+    if bad is not None:
+        raise ValueError(f"{name} {bad} contains NaN; a mask must be defined at every pixel.")
 
 
 def first_failing(indices: list[int], failing: torch.Tensor) -> int | None:

@@ -18,6 +18,7 @@ from ..data import (
     load_hub,
     multiclass_dataset,
     prepare_for_sam,
+    verify_dataset,
 )
 from ..data.preprocessing import Augmentation
 from ..modeling import SamForSemanticSegmentation, random_sam
@@ -103,7 +104,19 @@ def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
 
 def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: int) -> tuple[DatasetDict, DatasetDict]:
     """The training and evaluation splits, raw (decoded images and masks) and with SAM's lazy preprocessing
-    (flip augmentation on `train`)."""
+    (flip augmentation on `train`).
+
+    The files of a benchmark or of image / mask folders are checked first, for the rows used only (after
+    `max_train_samples` / `max_eval_samples`): readable headers, no truncated PNG / JPEG, masks of their image's
+    size (`sam_peft.data.verify_dataset`, with a progress bar from 1000 rows on). Hub datasets are not checked
+    (their images are held in the dataset's files: checking them would mean reading every image), so a bad row
+    raises when it is first decoded; synthetic data needs no check.
+
+    Raises:
+        ValueError: for a missing split.
+        DataFileError: one error listing every bad file with its reason (the first 20, then how many more), with
+            no chained traceback.
+    """
     data = load_data(args, num_labels, seed)
     for split, limit in (("train", args.max_train_samples), (args.eval_split, args.max_eval_samples)):
         if split not in data:
@@ -111,6 +124,8 @@ def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: 
         if limit is not None:
             data[split] = data[split].select(range(min(limit, len(data[split]))))
     data = DatasetDict({"train": data["train"], args.eval_split: data[args.eval_split]})
+    if args.benchmark not in (None, "synthetic") or args.image_dir is not None:
+        verify_dataset(data, desc="Checking data files")
     return data, prepare_for_sam(data, image_size, augmentation=Augmentation(hflip=args.hflip))
 
 
