@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from .data import open_image, sam_image_processor, to_rgb
 from .data.decoding import IMAGE_EXTENSIONS
 from .modeling import logits_at_original_size
-from .training.files import TEMPORARY_PREFIX, fsync_path, write_json_atomic
+from .training.files import TEMPORARY_PREFIX, write_atomically, write_json_atomic
 from .training.plots import label_colors, save_overlays
 
 MANIFEST = "predictions.json"
@@ -59,7 +59,6 @@ MULTICLASS_PROBABILITY_SUFFIX = "_prob.npy"
 ALL_SUFFIXES = (MASK_SUFFIX, OVERLAY_SUFFIX, BINARY_PROBABILITY_SUFFIX, MULTICLASS_PROBABILITY_SUFFIX)
 # temporary name of a file being written: TEMPORARY_PREFIX, the writer's process id, "-", the file's name
 _TEMPORARY = re.compile(rf"{re.escape(TEMPORARY_PREFIX)}\d+-(.+)")
-_MANIFEST_TEMPORARY = re.compile(rf"{re.escape(TEMPORARY_PREFIX)}{re.escape(MANIFEST)}\.\d+")
 
 
 class OutputFolderError(ValueError):
@@ -222,9 +221,7 @@ def _foreign_entries(output_dir: Path, allowed: set[str]) -> tuple[list[str], li
             match = _TEMPORARY.fullmatch(name)
             if path in allowed:
                 continue
-            if (match and (relative / match.group(1)).as_posix() in allowed) or (
-                relative == Path(".") and _MANIFEST_TEMPORARY.fullmatch(name) and MANIFEST in allowed
-            ):
+            if match and (relative / match.group(1)).as_posix() in allowed:
                 temporaries.append(Path(root, name))
             else:
                 foreign.append(path)
@@ -275,19 +272,6 @@ def _remove_files(output_dir: Path, relative_paths: Sequence[str]) -> None:
             if parent == output_dir or not parent.is_dir() or any(parent.iterdir()):
                 break
             parent.rmdir()
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Writes `path` through `write(temporary)`: a temporary name in the same folder, with the same extension,
-    flushed to disk and renamed to `path`. A failure leaves `path` as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        write(temporary)
-        fsync_path(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # --- model outputs ------------------------------------------------------------------------------------------------
@@ -437,8 +421,6 @@ def predict_folder(
 
     kept = set(report.files)  # with the outputs of an image whose writing failed half-way: a rerun replaces them
     _remove_files(output_dir, sorted(set(previous) - kept))
-    for folder in sorted({(output_dir / name).parent for name in kept}):
-        fsync_path(folder)
     failed = {str(path): error for path, error in report.failed.items()}
     _write_manifest(output_dir, sorted(kept), failed, complete=True, **info)
     return report

@@ -57,7 +57,7 @@ def _written(kind: str, write):
 
 def _write_text(path, text):
     if _event("write", path):
-        Path(path).with_name(f"{files.TEMPORARY_PREFIX}{Path(path).name}.{os.getpid()}").write_text(
+        Path(path).with_name(f"{files.TEMPORARY_PREFIX}{os.getpid()}-{Path(path).name}").write_text(
             text[: len(text) // 2]
         )
         _die()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,19 +31,25 @@ def fsync_tree(directory: str | os.PathLike) -> None:
         fsync_path(root)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace `path` by a file holding `text`, atomically and durably."""
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Replace `path` by what `write(temporary)` writes to a temporary name in the same folder (`.tmp-<pid>-<name>`,
+    so with the same extension), flushed to the disk and renamed into place: an error or a kill leaves `path` as it
+    was."""
     path = Path(path)
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}.{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
+        write(temporary)
+        fsync_path(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` by a file holding `text`, atomically and durably (`write_atomically`)."""
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, value) -> None:

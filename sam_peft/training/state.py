@@ -19,7 +19,6 @@ the oldest complete checkpoints beyond `keep` are removed only after that. Readi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from huggingface_hub.utils.sha import sha_fileobj
 
 from .files import TEMPORARY_PREFIX, replace_directory, write_json_atomic
 
@@ -73,11 +73,8 @@ class TrainingState:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha_fileobj(file).hex()
 
 
 def _checkpoint_step(path: Path) -> int | None:
