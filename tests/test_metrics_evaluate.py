@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -67,10 +68,14 @@ def test_semantic_module_streams(tmp_path):
     assert results == compute_semantic_metrics(preds, refs, num_labels=3)
     assert isinstance(results["per_category_iou"], list) and len(results["per_category_iou"]) == 3
     assert all(type(results[name]) is float for name in ("mean_iou", "accuracy", "mean_accuracy", "mae", "mber"))
-    # As with the Hub's mean_iou, num_labels and ignore_index may be given to compute.
-    late = sam_peft.metrics.load("semantic", cache_dir=str(tmp_path))
+    # num_labels is required by load; compute may override it and ignore_index, as with the Hub's mean_iou.
+    with pytest.raises(ValueError, match=re.escape('e.g. `sam_peft.metrics.load("semantic", num_labels=K)`')):
+        sam_peft.metrics.load("semantic", cache_dir=str(tmp_path))
+    late = sam_peft.metrics.load("semantic", num_labels=2, cache_dir=str(tmp_path))
     results = late.compute(predictions=preds, references=refs, num_labels=3, ignore_index=255)
     assert results == compute_semantic_metrics(preds, refs, num_labels=3)
+    by_path = evaluate.load(sam_peft.metrics.path("semantic"), num_labels=3, cache_dir=str(tmp_path))
+    assert by_path.compute(predictions=preds, references=refs) == results
 
 
 def test_module_errors(tmp_path):

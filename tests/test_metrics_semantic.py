@@ -4,6 +4,7 @@ ignore index, label validation and streaming."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -98,10 +99,12 @@ def test_absent_class_is_nan_and_left_out_of_the_means():
     assert math.isnan(results["mber"])  # no non-background class anywhere
 
 
-def test_ignore_index_and_num_labels_can_be_given_late():
-    metrics = SemanticMetrics()
+def test_num_labels_is_required_and_compute_overrides_it_and_ignore_index():
+    with pytest.raises(ValueError, match=re.escape("`num_labels` is required: pass the number of classes K, e.g. `")):
+        SemanticMetrics(num_labels=None)
+    metrics = SemanticMetrics(num_labels=2)
     metrics.update(PREDICTIONS, REFERENCES)
-    with pytest.raises(ValueError, match="`num_labels` is required"):
+    with pytest.raises(ValueError, match="The reference of image 0 contains label id 2, but num_labels is 2"):
         metrics.compute()
     assert metrics.compute(num_labels=3) == compute_semantic_metrics(PREDICTIONS, REFERENCES, num_labels=3)
     # Without an ignore label, 255 is a label id and must be < num_labels.

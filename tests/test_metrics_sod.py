@@ -141,14 +141,17 @@ def pysod_results(cases, normalize: bool = True, weighted_f_beta: float = 1.0) -
             sm.sms[-1] = _s_alpha_without_empty_regions(norm, gt)
         s_values.append(sm.sms[-1])
         binary.step(raw, gt, normalize=False)
-    e_curve = em.get_results()["em"]["curve"]
+    # The other documented difference: E-phi above 1 (PySODMetrics divides by H W - 1) is capped at 1.
+    e_curves = np.minimum(np.array(em.changeable_ems), 1)
+    e_adaptive = np.minimum(np.array(em.adaptive_ems), 1)
+    e_curve = e_curves.mean(axis=0)
     f = fm.get_results()["f"]
     b = binary.get_results()
     ious = np.array(per_image_handlers["iou"].binary_results)
     results = {
         "s_alpha": sm.get_results()["sm"],
         "e_phi": e_curve.mean(),
-        "e_phi_adaptive": em.get_results()["em"]["adp"],
+        "e_phi_adaptive": e_adaptive.mean(),
         "e_phi_max": e_curve.max(),
         "f_beta_w": wfm.get_results()["wfm"],
         "mae": mae.get_results()["mae"],
@@ -165,8 +168,8 @@ def pysod_results(cases, normalize: bool = True, weighted_f_beta: float = 1.0) -
     }
     per_image = {
         "s_alpha": np.array(s_values),
-        "e_adaptive": np.array(em.adaptive_ems),
-        "e_curve": np.array(em.changeable_ems),
+        "e_adaptive": e_adaptive,
+        "e_curve": e_curves,
         "f_beta_w": np.array(wfm.weighted_fms, dtype=np.float64),
         "mae": np.array(mae.maes),
         "f_adaptive": np.array(fm._metric_handlers["f"].adaptive_results),
@@ -235,6 +238,19 @@ def test_reference_is_nan_where_we_drop_empty_regions():
     assert math.isnan(reference.get_results()["sm"])
     ours = s_measure(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None]).item()
     assert ours == pytest.approx(_s_alpha_without_empty_regions(pred, gt), abs=IMAGE_TOLERANCE)
+
+
+def test_reference_exceeds_one_where_we_cap_e_phi():
+    """The documented difference: PySODMetrics divides E-phi's alignment sum by H W - 1, so a perfect map scores
+    H W / (H W - 1); here 1."""
+    gt = np.zeros((3, 4), dtype=bool)
+    gt[1, 1:3] = True
+    reference = py_sod_metrics.Emeasure()
+    reference.step(gt.astype(np.float64), gt, normalize=False)
+    assert reference.adaptive_ems[0] == pytest.approx(12 / 11, abs=1e-12)
+    adaptive, curve = e_measure(torch.from_numpy(gt.astype(np.float64))[None], torch.from_numpy(gt)[None])
+    assert adaptive.item() == 1.0 and curve.max().item() == 1.0
+    np.testing.assert_allclose(curve[0].numpy(), np.minimum(reference.changeable_ems[0], 1), rtol=0, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -477,8 +493,13 @@ def _with_nan(maps, image=None):
         ([torch.rand(4, 4), torch.full((4, 4), math.nan)], [torch.ones(4, 4)] * 2, "Prediction 1 contains NaN"),
         ([torch.rand(4, 4), torch.rand(4, 4) + 1], [torch.ones(4, 4)] * 2, "Prediction 1 has values outside"),
         ([-torch.rand(4, 4)], [torch.ones(4, 4)], "Prediction 0 has values outside"),
-        ([torch.rand(4, 4)] * 2, [torch.ones(4, 4, dtype=torch.uint8)] * 2, "Reference 0 is a uint8 mask of 0s"),
-        ([torch.rand(4, 4)], [torch.full((4, 4), 2)], "Reference 0 is an integer mask"),
+        (
+            [torch.rand(4, 4)] * 2,
+            [torch.ones(4, 4, dtype=torch.uint8), torch.full((4, 4), 7)],
+            "Reference 1 \\(torch.int64\\) has the values \\{7\\}",
+        ),
+        ([torch.rand(4, 4)], [torch.full((4, 4), 2)], "Reference 0 \\(torch.int64\\) has the values \\{2\\}"),
+        ([torch.rand(4, 4), torch.rand(0, 0)], [torch.ones(4, 4), torch.ones(0, 0)], "Prediction 1 is empty"),
         ([torch.rand(4, 4)] * 2, [torch.ones(4, 4), _with_nan(torch.zeros(4, 4))], "Reference 1 contains NaN"),
         ([torch.rand(3, 3), torch.rand(4, 4)], [torch.ones(3, 3), _with_nan(np.ones((4, 4)))], "Reference 1 contains"),
         (torch.rand(3, 4, 4), _with_nan(torch.zeros(3, 4, 4), image=2), "Reference 2 contains NaN"),

@@ -63,9 +63,10 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
         One `SizeGroup` per distinct size, dtypes and devices, in order of first appearance.
 
     Raises:
-        ValueError: if either input is empty, their lengths differ, a map is not 2-D, a prediction and
-            its reference have different shapes, or a floating point reference contains NaN (the message names
-            the index). NaN in predictions is left to the metrics (the SOD metrics reject it).
+        ValueError: if either input is empty, their lengths differ, a map is not 2-D, a map has no pixels
+            (H or W is 0), a prediction and its reference have different shapes, or a floating point reference
+            contains NaN (the message names the index). NaN in predictions is left to the metrics (the SOD
+            metrics reject it).
     """
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
@@ -75,6 +76,7 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
         raise ValueError(f"Got {len(preds)} predictions but {len(refs)} references.")
     if isinstance(preds, torch.Tensor) and isinstance(refs, torch.Tensor) and preds.shape == refs.shape:
         indices = list(range(len(preds)))
+        _check_not_empty(preds[0].shape, 0)
         _check_no_nan(refs, indices, "Reference")
         return [SizeGroup(indices, preds, refs)]
 
@@ -82,6 +84,7 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
     for index, (pred, ref) in enumerate(zip(preds, refs, strict=True)):
         if pred.ndim != 2:
             raise ValueError(f"Prediction {index} must be a 2-D H x W map, got shape {tuple(pred.shape)}.")
+        _check_not_empty(pred.shape, index)
         if pred.shape != ref.shape:
             raise ValueError(
                 f"Prediction {index} has shape {tuple(pred.shape)} but reference {index} has shape {tuple(ref.shape)}."
@@ -95,6 +98,14 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
     for group in stacked:
         _check_no_nan(group.references, group.indices, "Reference")
     return stacked
+
+
+def _check_not_empty(shape: torch.Size, index: int) -> None:
+    """Raises ValueError if an H x W map of `shape` (image `index`) has no pixels: no metric is defined on it."""
+    if shape.numel() == 0:
+        raise ValueError(
+            f"Prediction {index} is empty (shape {tuple(shape)}); every map needs at least one pixel (H, W >= 1)."
+        )
 
 
 def _check_no_nan(maps: torch.Tensor, indices: list[int], name: str) -> None:

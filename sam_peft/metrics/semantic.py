@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._inputs import first_failing, group_by_size
@@ -85,17 +86,26 @@ def _ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.T
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1), math.nan)
 
 
+def check_num_labels(num_labels: Any, fix: str = "SemanticMetrics(num_labels=K)") -> int:
+    """`num_labels` as an int, or a ValueError that names `fix` (how to pass it) if it is missing or below 1."""
+    if num_labels is None:
+        raise ValueError(f"`num_labels` is required: pass the number of classes K, e.g. `{fix}`.")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int | np.integer) or num_labels < 1:
+        raise ValueError(f"`num_labels` must be a positive int (the number of classes), got {num_labels!r}.")
+    return int(num_labels)
+
+
 class SemanticMetrics:
     """Streaming semantic segmentation metrics (see the module docstring for the definitions).
 
     Args:
-        num_labels: number of classes C (labels 0..C-1, background included); may instead be given to
-            `compute`.
+        num_labels: number of classes C (labels 0..C-1, background included); required (a ValueError
+            otherwise); `compute` may override it.
         ignore_index: reference label left out of every metric (None: none); `compute` may override it.
     """
 
-    def __init__(self, num_labels: int | None = None, ignore_index: int | None = 255):
-        self.num_labels = num_labels
+    def __init__(self, num_labels: int, ignore_index: int | None = 255):
+        self.num_labels = check_num_labels(num_labels)
         self.ignore_index = ignore_index
         self.reset()
 
@@ -108,9 +118,14 @@ class SemanticMetrics:
         """Adds a batch.
 
         Args:
-            predictions: list of H x W integer label maps (tensors on any device, numpy arrays or nested
-                lists), or one (B, H, W) array. Sizes may differ.
+            predictions: list of H x W integer label maps with H, W >= 1 (tensors on any device, numpy
+                arrays or nested lists), or one (B, H, W) array. Sizes may differ.
             references: the matching reference label maps.
+
+        Raises:
+            ValueError: for inputs that do not pair up, empty (0-pixel) maps or negative labels, naming the
+                first offending image.
+            TypeError: for floating point, complex or bool maps.
         """
         groups = group_by_size(predictions, references)
         for group in groups:
@@ -127,7 +142,7 @@ class SemanticMetrics:
         """The dataset values.
 
         Args:
-            num_labels: overrides the constructor's `num_labels`.
+            num_labels: overrides the constructor's `num_labels` (None: keep it).
             ignore_index: overrides the constructor's `ignore_index` (None: no label is ignored).
 
         Returns:
@@ -135,15 +150,13 @@ class SemanticMetrics:
             of C floats.
 
         Raises:
-            ValueError: if no image was added, `num_labels` is unknown, or a label id is >= `num_labels`
-                outside ignored pixels (the message names the image).
+            ValueError: if no image was added, `num_labels` is not a positive int, or a label id is >=
+                `num_labels` outside ignored pixels (the message names the image).
         """
-        num_labels = self.num_labels if num_labels is None else num_labels
+        num_labels = self.num_labels if num_labels is None else check_num_labels(num_labels)
         ignore_index = self.ignore_index if ignore_index is _UNSET else ignore_index
         if not self._counts:
             raise ValueError("No images were added: call `update` (or `add_batch`) first.")
-        if num_labels is None:
-            raise ValueError("`num_labels` is required.")
         image, ref, pred, count = torch.cat(self._counts).unbind(dim=1)
         if ignore_index is not None:
             keep = ref != ignore_index

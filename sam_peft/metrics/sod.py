@@ -30,10 +30,20 @@ scipy's):
 - on CPU, the image-by-image transform, numpy and scipy work runs in `HostThreads` (as many threads as torch uses).
 - the per-image values of up to a few hundred images are then reduced together.
 
-Deliberate differences from PySODMetrics:
+Inputs (`SODMetrics.update`): H x W maps of any size with at least one pixel (a 1 x 1 map is valid). A
+prediction is floating point in [0, 1], bool, or uint8, where a map whose max is at most 1 is a 0/1 mask and
+any other holds grey levels 0..255 (level / 255, PySODMetrics' reading of PNGs). A reference is bool, or 0/1
+or 0/255 in any integer or floating point dtype, or floating point in [0, 1] (foreground > 0.5); anything
+else is refused with a ValueError that names the image (`binarize_references`).
+
+Deliberate differences from PySODMetrics (every value is in [0, 1], for images of any size):
 - S-alpha: when the ground-truth centroid falls on the last row or column, one of the four regions is empty
   and PySODMetrics (like the MATLAB code) returns NaN for the image, which turns the dataset mean into NaN.
   Here the empty region, whose weight is zero, contributes zero.
+- E-phi: PySODMetrics divides the sum of the enhanced alignment matrix by (H W - 1), so a perfect map scores
+  H W / (H W - 1) (2 on a 1 x 2 image, 4 / 3 on a 2 x 2 one) and a 1 x 1 image divides by zero (about 4.5e15).
+  Here the value is capped at 1, and a 1 x 1 image scores its pixel's alignment (1 if right, 0 if wrong).
+  Values of at most 1 are PySODMetrics' own.
 - IoU, Dice, T-Jac, accuracy and BER threshold the raw prediction at 0.5 (`> 0.5`, as PySODMetrics' binary
   metrics and the Conv-LoRA code do), without min-max normalisation.
 """
@@ -111,8 +121,11 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _object_score(mean: torch.Tensor, sum_squares: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """S-alpha's object similarity `2 m / (m^2 + 1 + std + eps)` of a region from its mean and sum of squares."""
+    """S-alpha's object similarity `2 m / (m^2 + 1 + std + eps)` of a region from its mean and sum of squares.
+
+    A region of one pixel has std 0 (as in the reference), not the square root of a rounding residue."""
     variance = (sum_squares - mean * mean * count).clamp(min=0) / (count - 1).clamp(min=1)
+    variance = torch.where(count > 1, variance, 0.0)
     return 2 * mean / (mean * mean + 1 + variance.sqrt() + EPS)
 
 
@@ -331,8 +344,11 @@ def e_measure(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch
     Returns:
         adaptive: (B,) float64, E-phi at the adaptive threshold.
         curve: (B, 256) float64, E-phi at the thresholds 255, 254, ..., 0 (the reference's order).
-        Like the reference, the alignment sum is divided by (H W - 1), so a perfect map scores
-        H W / (H W - 1), slightly above 1.
+        Like the reference, the sum of the enhanced alignment matrix is divided by (H W - 1), but the
+        result is capped at 1: the reference gives a perfect map H W / (H W - 1), above 1 (2 for a 1 x 2
+        image), and divides by zero on a 1 x 1 image, which here scores its one pixel's alignment (1 if
+        the pixel is right, else 0). Every value is in [0, 1] and equals the reference's wherever that
+        is at most 1.
     """
     return _e_measure(adaptive_counts(pred, gt), threshold_histograms(pred, gt), _count(gt), gt.shape[1] * gt.shape[2])
 
@@ -344,8 +360,10 @@ def _e_measure(
     n_total: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`e_measure` from `adaptive_counts`, `threshold_histograms`, the (B,) foreground pixels and the image size."""
+    denominator = n_total - 1 + EPS if n_total > 1 else 1.0  # 1 x 1: the reference divides by EPS
     scores = [
-        _enhanced_alignment_sum(*counts, n_fg[:, None], n_total) / (n_total - 1 + EPS) for counts in (adaptive, curve)
+        (_enhanced_alignment_sum(*counts, n_fg[:, None], n_total) / denominator).clamp_(max=1)
+        for counts in (adaptive, curve)
     ]
     return scores[0][:, 0], scores[1]
 
@@ -970,11 +988,18 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / denominator.clamp(min=1))
 
 
+_PREDICTION_FORMS = (
+    "floating point maps in [0, 1] or uint8 maps (0/1 masks if the map's max is at most 1, else grey levels "
+    "0..255 read as level / 255) or bool masks"
+)
+
+
 def prepare_predictions(predictions: torch.Tensor, indices: list[int], scratch: Scratch | None = None) -> torch.Tensor:
-    """Float64 copies of a batch of predictions, uint8 maps divided by 255.
+    """Float64 copies of a batch of predictions, read by `_PREDICTION_FORMS`.
 
     Args:
-        predictions: (B, H, W) floating point maps in [0, 1], uint8 maps in 0..255, or bool maps.
+        predictions: (B, H, W) floating point maps in [0, 1], uint8 maps (0/1 masks, or 0..255 grey levels
+            when the map's max is above 1), or bool masks.
         indices: input positions of the B images, for error messages.
         scratch: work tensors to reuse (the result is one of them).
 
@@ -995,11 +1020,21 @@ def prepare_predictions(predictions: torch.Tensor, indices: list[int], scratch: 
         if bad is not None:
             raise ValueError(f"Prediction {bad} has values outside [0, 1]; pass probabilities, not logits.")
     elif predictions.dtype not in (torch.uint8, torch.bool):
-        raise TypeError(
-            f"Predictions must be floating point maps in [0, 1] or uint8 maps in 0..255, got {predictions.dtype}."
-        )
+        raise TypeError(f"Predictions must be {_PREDICTION_FORMS}, got {predictions.dtype}.")
     pred = (scratch or Scratch()).like("raw", predictions, torch.float64).copy_(predictions)
-    return pred.div_(255) if predictions.dtype == torch.uint8 else pred
+    if predictions.dtype == torch.uint8:
+        grey = pred.amax(dim=(1, 2), keepdim=True) > 1
+        pred.div_(torch.where(grey, 255.0, 1.0))
+    return pred
+
+
+def _uint8_masks_as_levels(predictions: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) uint8 predictions with the 0/1 masks among them (max at most 1) scaled to 0/255, so that every
+    image reads as grey levels (level / 255) with the mask's values 0 and 1."""
+    masks = _per_image(predictions, "max").to(predictions.device) <= 1
+    if not bool(masks.any()):
+        return predictions
+    return torch.where(masks.view(-1, 1, 1), predictions * 255, predictions)
 
 
 _NUMPY_DTYPES = (
@@ -1034,38 +1069,73 @@ def _per_image(x: torch.Tensor, reduction: str) -> torch.Tensor:
     return getattr(x.flatten(1), f"a{reduction}")(dim=1)
 
 
+_REFERENCE_FORMS = (
+    "a bool mask, a mask of 0s and 1s or of 0s and 255s (foreground 1 or 255; any integer or floating point "
+    "dtype), or a floating point mask in [0, 1] (foreground > 0.5)"
+)
+
+
+def _only_0_and_255(x: torch.Tensor) -> torch.Tensor:
+    """Per image of a (B, H, W) tensor without negative values, whether it holds only 0s and 255s: (B,) bool (on
+    the CPU for CPU tensors). On the CPU image by image with numpy, whose full counts are several times faster than
+    counts along an axis."""
+    if _on_host(x):
+        images = x.detach().numpy()
+        return torch.tensor([np.count_nonzero(image) == np.count_nonzero(image == 255) for image in images])
+    return _count(x != 0) == _count(x == 255)
+
+
+def _distinct_values(x: torch.Tensor, shown: int = 6) -> str:
+    """The distinct values of `x` for an error message: "{0, 7}", or the first `shown` and their number."""
+    values = torch.unique(x.detach().cpu()).tolist()
+    text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:shown])
+    return f"{{{text}}}" if len(values) <= shown else f"{{{text}, ...}} ({len(values)} distinct values)"
+
+
 def binarize_references(references: torch.Tensor, indices: list[int]) -> torch.Tensor:
-    """Ground-truth masks as bool: uint8 masks in 0..255 at `> 128` (PySODMetrics), floats at `> 0.5`.
+    """Ground-truth masks as bool, by one rule for every dtype (`_REFERENCE_FORMS`).
+
+    A reference is a bool mask; or, in any integer or floating point dtype, a mask of 0s and 1s or of 0s and
+    255s (all-zero, all-one and all-255 maps included; 0/1 and 0/255 read the same way in every dtype); or,
+    in a floating point dtype, a soft mask in [0, 1]. Foreground is `> 0.5`, i.e. the value 1 or 255
+    (PySODMetrics' `> 128` on 0/255 PNG masks gives the same masks).
 
     Args:
-        references: (B, H, W) bool, uint8 (0..255), floating point (0..1) or other integer (0/1) masks.
+        references: (B, H, W) masks of one dtype.
         indices: input positions of the B images, for error messages.
 
     Returns:
         (B, H, W) bool.
 
     Raises:
-        ValueError: for uint8 masks that hold only 0 and 1 (they would read as empty), or other integer
-            masks with values other than 0 and 1.
+        TypeError: for complex masks.
+        ValueError: for any other values (e.g. {0, 7}, {0, 1, 255}, negative values, grey levels 0..255),
+            naming the first offending image, its values and the accepted forms.
     """
     if references.dtype == torch.bool:
         return references
-    if references.is_floating_point():
-        return _greater(references, 0.5)
+    if references.is_complex():
+        raise TypeError(f"References must be {_REFERENCE_FORMS}, got {references.dtype}.")
+    if references.dtype not in _NUMPY_DTYPES:  # e.g. uint16, bfloat16: fewer torch kernels
+        references = references.to(torch.float64 if references.is_floating_point() else torch.int64)
     high = _per_image(references, "max")
-    if references.dtype == torch.uint8:
-        bad = first_failing(indices, high == 1)
-        if bad is not None:
-            raise ValueError(
-                f"Reference {bad} is a uint8 mask of 0s and 1s, but uint8 masks are read as 0..255 "
-                "(foreground > 128); pass it as bool or float, or scale it by 255."
-            )
-        return _greater(references, 128)
-    low = _per_image(references, "min")
-    bad = first_failing(indices, (high > 1) | (low < 0))
-    if bad is not None:
-        raise ValueError(f"Reference {bad} is an integer mask with values other than 0 and 1.")
-    return references > 0
+    bad = (
+        torch.zeros_like(high, dtype=torch.bool)
+        if references.dtype == torch.uint8
+        else _per_image(references, "min") < 0
+    )
+    wide = high > 1  # must then hold only 0s and 255s
+    if bool(wide.any()):
+        bad |= wide & ~_only_0_and_255(references).to(wide.device)
+    failing = first_failing(indices, bad)
+    if failing is not None:
+        image = references[indices.index(failing)]
+        raise ValueError(
+            f"Reference {failing} ({references.dtype}) has the values {_distinct_values(image)}; a reference "
+            f"must be {_REFERENCE_FORMS}. Binarise a grey-level mask first (PySODMetrics reads `mask > 128`)."
+        )
+    # The same masks: valid integer masks hold only 0 and 1 or 255 (an integer comparison is much faster).
+    return _greater(references, 0.5 if references.is_floating_point() else 0)
 
 
 _LEVEL_VALUES = {
@@ -1131,9 +1201,18 @@ class SODMetrics:
         """Adds a batch.
 
         Args:
-            predictions: list of H x W probability maps (float in [0, 1] or uint8 in 0..255; tensors on any
-                device, numpy arrays or nested lists), or one (B, H, W) array. Sizes may differ.
-            references: list of H x W masks (bool, uint8 0..255, float 0..1 or integer 0/1), or one array.
+            predictions: list of H x W maps with H, W >= 1 (tensors on any device, numpy arrays or nested
+                lists), or one (B, H, W) array; sizes may differ. Each map is floating point in [0, 1], bool,
+                or uint8: a uint8 map whose max is at most 1 is a 0/1 mask, any other uint8 map holds grey
+                levels 0..255 (read as level / 255, as PySODMetrics reads PNGs).
+            references: list of H x W masks, or one array: bool; 0/1 or 0/255 in any integer or floating point
+                dtype (foreground 1 or 255); or floating point in [0, 1] (foreground > 0.5). Anything else is
+                a ValueError (`binarize_references`).
+
+        Raises:
+            ValueError: for inputs that do not pair up, empty (0-pixel) maps, NaN, predictions outside
+                [0, 1] or references of other values, naming the first offending image; nothing is added then.
+            TypeError: for predictions of other dtypes (e.g. int64: pass 0/1 masks as bool or uint8).
         """
         sums = torch.zeros_like(self._sums)
         curves = torch.zeros_like(self._curves)
@@ -1180,6 +1259,8 @@ class SODMetrics:
         (B, H, W) bool masks."""
         gt = binarize_references(references, indices).to(predictions.device)
         if values is not None:
+            if predictions.dtype == torch.uint8:
+                predictions = _uint8_masks_as_levels(predictions)
             bins = self._scratch.like("bins", gt, torch.int32)
             histograms = level_histograms(predictions, gt, bins)
             pred = _level_predictions(histograms.hist, values, self.normalize)

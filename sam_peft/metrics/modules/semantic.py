@@ -1,14 +1,15 @@
 """Semantic segmentation metrics (mIoU, pixel accuracy, Trans10K's MAE and mBER) as an `evaluate` module.
 
-Load it with `sam_peft.metrics.load("semantic")` or `evaluate.load(sam_peft.metrics.path("semantic"))`
-(works offline; the Hub's `mean_iou` does not). Each added image is reduced at once to the pixel counts of
+Load it with `sam_peft.metrics.load("semantic", num_labels=K)` or
+`evaluate.load(sam_peft.metrics.path("semantic"), num_labels=K)` (works offline; the Hub's `mean_iou` does not);
+`num_labels` is required there. Each added image is reduced at once to the pixel counts of
 its (reference, prediction) label pairs, so memory stays small; see `sam_peft.metrics.semantic`.
 """
 
 import datasets
 import evaluate
 
-from sam_peft.metrics.semantic import SemanticMetrics, compute_semantic_metrics
+from sam_peft.metrics.semantic import SemanticMetrics, check_num_labels, compute_semantic_metrics
 from sam_peft.metrics.streaming import StreamingInputs
 
 _DESCRIPTION = """
@@ -19,11 +20,15 @@ error rate of the Trans10K evaluation (TransLab's code).
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions: list of H x W integer label maps (torch tensors on any device, numpy arrays or nested
-        lists) or one B x H x W array. Sizes may differ between images.
-    references: list of H x W integer reference label maps, or one B x H x W array.
-    num_labels (int): number of classes (labels 0..num_labels-1); required here or in `evaluate.load`.
-    ignore_index (int or None, default 255): reference label left out of every metric.
+    predictions: list of H x W integer label maps with H, W >= 1 (torch tensors on any device, numpy arrays
+        or nested lists; any integer dtype, labels >= 0) or one B x H x W array. Sizes may differ between
+        images. Float and bool maps are a TypeError, empty maps a ValueError.
+    references: list of H x W integer reference label maps, or one B x H x W array (same forms).
+    num_labels (int): number of classes (labels 0..num_labels-1). Required by `evaluate.load` /
+        `sam_peft.metrics.load("semantic", num_labels=K)`, which raise a ValueError without it; `compute`
+        may override it.
+    ignore_index (int or None, default 255): reference label left out of every metric; given to
+        `evaluate.load`, or to `compute` to override it.
 
 Returns:
     mean_iou, accuracy, mean_accuracy, mae, mber: floats (mIoU and the accuracies are fractions; mae is in
@@ -32,8 +37,8 @@ Returns:
 
 Examples:
     >>> import sam_peft.metrics
-    >>> semantic = sam_peft.metrics.load("semantic")
-    >>> results = semantic.compute(predictions=[[[0, 1], [1, 1]]], references=[[[0, 1], [0, 255]]], num_labels=2)
+    >>> semantic = sam_peft.metrics.load("semantic", num_labels=2)
+    >>> results = semantic.compute(predictions=[[[0, 1], [1, 1]]], references=[[[0, 1], [0, 255]]])
     >>> results["per_category_iou"], results["accuracy"]
     ([0.5, 0.5], 0.6666666666666666)
 """
@@ -46,9 +51,10 @@ _CITATION = """
 
 
 class Semantic(StreamingInputs, evaluate.Metric):
-    """The metric class `evaluate.load` instantiates; `num_labels` and `ignore_index` may be given here."""
+    """The metric class `evaluate.load` instantiates; `num_labels` (required) and `ignore_index` are given here."""
 
     def __init__(self, num_labels: int | None = None, ignore_index: int | None = 255, **kwargs):
+        check_num_labels(num_labels, fix='sam_peft.metrics.load("semantic", num_labels=K)')
         super().__init__(**kwargs)
         if self.num_process > 1:
             raise ValueError(

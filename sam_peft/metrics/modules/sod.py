@@ -2,7 +2,8 @@
 
 Load it with `sam_peft.metrics.load("sod")` or `evaluate.load(sam_peft.metrics.path("sod"))` (works offline).
 Statistics are computed when a batch is added and only their sums are kept, so `add_batch` can be called
-for a whole test set; the values equal PySODMetrics 1.6's (see `sam_peft.metrics.sod`).
+for a whole test set; the values equal PySODMetrics 1.6's apart from its degenerate cases (NaN S-alpha, E-phi
+above 1), which are documented in `sam_peft.metrics.sod`.
 """
 
 import datasets
@@ -15,15 +16,21 @@ _DESCRIPTION = """
 Structure measure S-alpha, enhanced-alignment measure E-phi (adaptive, mean and max over 256 thresholds),
 weighted F-beta, MAE, F-measure (adaptive, mean, max; beta^2 = 0.3), IoU, Dice, thresholded Jaccard
 (ISIC 2017), accuracy, and the balanced error rate with the shadow / non-shadow errors. Batched torch
-implementations that run on the device of the inputs and equal PySODMetrics 1.6.
+implementations that run on the device of the inputs and equal PySODMetrics 1.6 wherever its values are defined
+and in [0, 1].
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions: list of H x W probability maps (float in [0, 1] or uint8 in 0..255; torch tensors on any
-        device, numpy arrays or nested lists) or one B x H x W array. Sizes may differ between images.
-    references: list of H x W ground-truth masks (bool, uint8 0..255 read as foreground > 128, float read
-        as foreground > 0.5, or other integer 0/1) or one B x H x W array.
+    predictions: list of H x W maps (torch tensors on any device, numpy arrays or nested lists) or one
+        B x H x W array; sizes may differ between images, and every map needs H, W >= 1. Each map is a
+        float map of probabilities in [0, 1], a bool mask, or a uint8 map: a uint8 map whose max is at most
+        1 is a 0/1 mask, any other uint8 map holds grey levels 0..255 (read as level / 255, as PySODMetrics
+        reads PNGs). Other dtypes are a TypeError.
+    references: list of H x W ground-truth masks or one B x H x W array, each either a bool mask, a mask of
+        0s and 1s or of 0s and 255s in any integer or float dtype (foreground 1 or 255; all-zero maps
+        included), or a float mask in [0, 1] (foreground > 0.5). Other values (e.g. {0, 7}, or 1s and 255s
+        mixed, or grey levels) are a ValueError naming the image.
 
 Module options (keyword arguments of `evaluate.load` / `sam_peft.metrics.load`):
     normalize (bool, default True): min-max normalise each prediction before S-alpha, E-phi, weighted F,
@@ -37,9 +44,10 @@ Module options (keyword arguments of `evaluate.load` / `sam_peft.metrics.load`):
         follows `torch.get_num_threads()`. The values do not depend on it.
 
 Returns:
-    dict of floats: s_alpha, e_phi (mean of the 256-threshold curve, what papers report), e_phi_adaptive,
-    e_phi_max, f_beta_w, mae, f_beta_adaptive, f_beta_mean, f_beta_max, iou, dice, jaccard_thresholded,
-    accuracy (all means over images), ber, shadow_error, non_shadow_error (pooled over all pixels).
+    dict of floats, each in [0, 1] for images of any size: s_alpha, e_phi (mean of the 256-threshold curve,
+    what papers report), e_phi_adaptive, e_phi_max, f_beta_w, mae, f_beta_adaptive, f_beta_mean, f_beta_max,
+    iou, dice, jaccard_thresholded, accuracy (all means over images), ber, shadow_error, non_shadow_error
+    (pooled over all pixels).
 
 Examples:
     >>> import numpy as np
