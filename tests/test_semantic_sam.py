@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
-from transformers import SamHQConfig, SamHQModel, SamImageProcessor, SamModel, ViTConfig
+from peft import AutoPeftModel, LoraConfig, PeftModel, get_peft_model
+from transformers import SamConfig, SamHQConfig, SamHQModel, SamImageProcessor, SamModel, ViTConfig
 
 from sam_peft.modeling.losses import balanced_bce_loss
 from sam_peft.modeling.random_sam import init_vision_weights_, random_sam, sam_config
@@ -215,11 +215,54 @@ def test_loss_adds_weighted_auxiliary_losses():
     labels[:, 30:80, 40:90] = 1
     outputs = model(pixel_values, labels=labels)
     torch.testing.assert_close(outputs.loss, balanced_bce_loss(outputs.logits, labels))
+    torch.testing.assert_close(outputs.task_loss, outputs.loss)
+    assert outputs.auxiliary_loss.item() == 0.0
 
     slot = AuxiliaryLossSlot()
     slot.value = torch.tensor(2.0)
     model.mask_decoder.auxiliary_loss_slot = slot
-    torch.testing.assert_close(model(pixel_values, labels=labels).loss, outputs.loss + 0.5 * 2.0)
+    with_auxiliary = model(pixel_values, labels=labels)
+    torch.testing.assert_close(with_auxiliary.loss, outputs.loss + 0.5 * 2.0)
+    # The task loss stays apart from the auxiliary one, which is reported unweighted.
+    torch.testing.assert_close(with_auxiliary.task_loss, outputs.loss)
+    assert with_auxiliary.auxiliary_loss.item() == 2.0
+
+
+def test_labels_of_a_plain_sam_config_are_kept_unless_generic():
+    vision_config = sam_config("tiny").vision_config.to_dict()
+    three_classes = SamForSemanticSegmentation(SamConfig(vision_config=vision_config, num_labels=3))
+    assert three_classes.config.num_labels == 3
+    assert three_classes.mask_decoder.class_predictor.out_features == 4
+    named = SamConfig(vision_config=vision_config, id2label={0: "background", 1: "polyp"})
+    assert SamForSemanticSegmentation(named).config.id2label == {0: "background", 1: "polyp"}
+    # SamConfig()'s generic two labels mean nothing for SAM: binary.
+    assert SamForSemanticSegmentation(SamConfig(vision_config=vision_config)).config.num_labels == 1
+
+
+def test_decoder_of_another_task_is_refused_with_the_fix(tmp_path):
+    random_sam("tiny").save_pretrained(tmp_path / "base")
+    multiclass = SamForSemanticSegmentation.from_pretrained(tmp_path / "base", num_labels=3)
+    adapted = get_peft_model(multiclass, LoraConfig(r=2, target_modules=["qkv"], modules_to_save=["mask_decoder"]))
+    adapted.save_pretrained(tmp_path / "adapter")
+    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    expected = adapted.eval()(pixel_values=pixel_values).logits
+
+    binary = SamForSemanticSegmentation.from_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError) as error:
+        PeftModel.from_pretrained(binary, tmp_path / "adapter")
+    assert str(error.value).startswith(
+        "The mask decoder weights being loaded are for num_labels=3 with num_mask_tokens=5, but this model has "
+        "num_labels=1 and num_mask_tokens=1. Build the base model for that task: "
+        "SamForSemanticSegmentation.from_pretrained(base, num_labels=3) (with AutoPeftModel: "
+        "AutoPeftModel.from_pretrained(adapter, num_labels=3, import_allowlist=['sam_peft']))"
+    )
+    # The fix the message names works and gives the saved model's outputs.
+    loaded = AutoPeftModel.from_pretrained(tmp_path / "adapter", num_labels=3, import_allowlist=["sam_peft"])
+    torch.testing.assert_close(loaded(pixel_values=pixel_values).logits, expected)
+    with pytest.raises(
+        ValueError, match="are for num_labels=1 with num_mask_tokens=1, but this model has num_labels=3"
+    ):
+        multiclass.load_state_dict(binary.state_dict())
 
 
 def test_post_processing_returns_original_sizes():

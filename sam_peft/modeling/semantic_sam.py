@@ -121,16 +121,24 @@ class SamSemanticSegmentationConfig(SamConfig):
     def from_sam_config(cls, config: SamConfig, **kwargs: Any) -> SamSemanticSegmentationConfig:
         """The semantic-segmentation config of the SAM architecture `config`, updated with `kwargs`.
 
-        The `id2label` of a plain SAM config is a generic default (SAM is no classifier) and is dropped, so
-        `num_labels` / `id2label` come from `kwargs` (binary when absent).
+        The generic default `id2label` of a plain SAM config (two labels "LABEL_0", "LABEL_1") is dropped, since
+        SAM is no classifier: `num_labels` / `id2label` then come from `kwargs` (binary when absent). Labels set
+        on the SAM config (`SamConfig(num_labels=3)`, or names) are kept.
         """
         config_dict = config.to_dict()
         for key in ("model_type", "architectures", "transformers_version"):
             config_dict.pop(key, None)
-        if not isinstance(config, cls):
+        if not isinstance(config, cls) and has_generic_labels(config):
             config_dict.pop("id2label", None)
             config_dict.pop("label2id", None)
         return cls.from_dict(config_dict, **kwargs)
+
+
+def has_generic_labels(config: PreTrainedConfig) -> bool:
+    """Whether `config`'s labels are transformers' default ({0: "LABEL_0", 1: "LABEL_1"}): SAM is no classifier,
+    so such a config says nothing about the task. `SamConfig(num_labels=2)` cannot be told apart from it; pass
+    `SamSemanticSegmentationConfig(num_labels=2)` for a two-class model."""
+    return config.id2label is None or config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
 
 
 @dataclass
@@ -139,7 +147,13 @@ class SamSemanticSegmentationOutput(ModelOutput):
 
     Args:
         loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` are given):
-            Task loss plus `config.moe_loss_weight` times the auxiliary losses of sam-peft layers.
+            The loss to optimise: `task_loss + config.moe_loss_weight * auxiliary_loss`.
+        task_loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` are given):
+            The segmentation loss alone (structure loss, balanced BCE, ... or the multi-class set loss): the value
+            to compare across methods and between training and evaluation.
+        auxiliary_loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` are given):
+            The auxiliary losses of sam-peft layers in this forward pass, unweighted: Conv-LoRA's expert balance
+            loss (in eval mode computed without gate noise, so not comparable with training's); 0 without them.
         logits (`torch.Tensor` of shape `(batch_size, num_labels, height, width)`):
             At the (padded) input resolution. Binary: foreground logits. Multi-class: per-class scores
             `sum_n softmax(class_queries_logits)[n, c] * sigmoid(mask_n)` (in [0, 1]; argmax gives the label map).
@@ -154,6 +168,8 @@ class SamSemanticSegmentationOutput(ModelOutput):
     """
 
     loss: Tensor | None = None
+    task_loss: Tensor | None = None
+    auxiliary_loss: Tensor | None = None
     logits: Tensor | None = None
     masks_queries_logits: Tensor | None = None
     class_queries_logits: Tensor | None = None
@@ -334,15 +350,15 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
             class_probs = class_queries_logits.softmax(-1)[..., :-1]  # (B, N, K), "no object" dropped
             logits = torch.einsum("bnc,bnhw->bchw", class_probs, upsampled_masks.sigmoid())
 
-        loss = None
+        loss = task_loss = aux_loss = None
         if labels is not None:
             labels = labels.to(logits.device)
             if class_queries_logits is None:
-                loss = binary_segmentation_loss(
+                task_loss = binary_segmentation_loss(
                     upsampled_masks, labels, self.config.semantic_loss, self.config.semantic_loss_ignore_index
                 )
             else:
-                loss = semantic_set_loss(
+                task_loss = semantic_set_loss(
                     masks_queries_logits,
                     class_queries_logits,
                     labels,
@@ -355,10 +371,13 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
                     oversample_ratio=float(self.config.oversample_ratio),
                     importance_sample_ratio=float(self.config.importance_sample_ratio),
                 )
-            loss = loss + self.config.moe_loss_weight * auxiliary_loss(self)
+            aux_loss = auxiliary_loss(self).to(task_loss)
+            loss = task_loss + self.config.moe_loss_weight * aux_loss
 
         return SamSemanticSegmentationOutput(
             loss=loss,
+            task_loss=task_loss,
+            auxiliary_loss=aux_loss,
             logits=logits,
             masks_queries_logits=masks_queries_logits,
             class_queries_logits=class_queries_logits,
@@ -407,6 +426,31 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
     ) -> list[Tensor]:
         """See `post_process_semantic_segmentation`."""
         return post_process_semantic_segmentation(outputs, original_sizes, reshaped_input_sizes)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Refuses, with the fix, mask decoder weights of another task (e.g. a multi-class adapter loaded onto a
+        binary model), which torch would report as a bare size mismatch or, for the class branch, skip silently.
+        The decoder may be wrapped (peft's `modules_to_save`), so its weights are found by their name's end."""
+        decoder_keys = [key for key in state_dict if key.startswith(prefix + "mask_decoder.")]
+        saved_tokens = next((state_dict[k] for k in decoder_keys if k.endswith(".mask_tokens.weight")), None)
+        if saved_tokens is not None:
+            saved_classifier = next(
+                (state_dict[k] for k in decoder_keys if k.endswith(".class_predictor.weight")), None
+            )
+            saved = (1 if saved_classifier is None else saved_classifier.shape[0] - 1, saved_tokens.shape[0])
+            if saved != (self.config.num_labels, self.config.num_mask_tokens):
+                task = f"num_labels={saved[0]}"
+                if saved[0] > 1 and saved[1] != DEFAULT_MULTICLASS_MASK_TOKENS:
+                    task += f", num_mask_tokens={saved[1]}"
+                raise ValueError(
+                    f"The mask decoder weights being loaded are for num_labels={saved[0]} with num_mask_tokens="
+                    f"{saved[1]}, but this model has num_labels={self.config.num_labels} and num_mask_tokens="
+                    f"{self.config.num_mask_tokens}. Build the base model for that task: "
+                    f"SamForSemanticSegmentation.from_pretrained(base, {task}) (with AutoPeftModel: "
+                    f"AutoPeftModel.from_pretrained(adapter, {task}, import_allowlist=['sam_peft'])), or load a "
+                    "training run with sam_peft.training.load_trained(run_folder)."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_pretrained(

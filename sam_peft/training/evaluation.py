@@ -46,7 +46,10 @@ def evaluate(
     num_labels: int,
     cache: EmbeddingCache | None = None,
 ) -> dict:
-    """The task's metrics over `dataloader` (each image once, whatever the number of processes) and the mean loss.
+    """The task's metrics over `dataloader` (each image once, whatever the number of processes) and mean losses.
+
+    `loss` is the task loss alone (comparable across methods and with training's `task_loss`); `auxiliary_loss`
+    is the mean unweighted auxiliary loss (Conv-LoRA's balance loss, computed without gate noise in eval mode).
 
     Binary: S-alpha, E-phi, weighted F, MAE, IoU, Dice, BER, ... on foreground probabilities; multi-class: mIoU,
     accuracy, ... on label maps. Predictions and labels are compared at the original image sizes. With `cache`,
@@ -54,10 +57,11 @@ def evaluate(
     """
     model.eval()
     metrics = SODMetrics() if num_labels == 1 else SemanticMetrics(num_labels=num_labels)
-    losses = []
+    losses = []  # (task loss, auxiliary loss) of each batch
     for batch in tqdm(dataloader, desc="evaluating", disable=not accelerator.is_local_main_process, leave=False):
         outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
-        losses.append(accelerator.gather_for_metrics(outputs.loss.detach()[None]))
+        batch_losses = torch.stack([outputs.task_loss.detach(), outputs.auxiliary_loss.detach()])
+        losses.append(accelerator.gather_for_metrics(batch_losses[None]))
         logits, labels, original, reshaped = accelerator.gather_for_metrics(
             (outputs.logits, batch["labels"], batch["original_sizes"], batch["reshaped_input_sizes"])
         )
@@ -71,5 +75,5 @@ def evaluate(
         else:
             metrics.update([p.cpu() for p in predictions], [r.cpu() for r in references])
     results = metrics.compute()
-    results["loss"] = torch.cat(losses).mean().item()
+    results["loss"], results["auxiliary_loss"] = torch.cat(losses).float().mean(dim=0).tolist()
     return results

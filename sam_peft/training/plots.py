@@ -44,9 +44,15 @@ def _panel(title: str, xs: Sequence[float], ys: Sequence[float], color: tuple[in
 def save_training_curves(
     path: str | os.PathLike, train_log: Sequence[dict], eval_log: Sequence[dict], metric: str
 ) -> None:
-    """Training loss per optimiser step beside the evaluation `metric` and loss per epoch, as one PNG."""
+    """Training task loss (auxiliary losses left out) per optimiser step beside the evaluation `metric` and
+    loss per epoch, as one PNG."""
     panels = [
-        _panel("training loss / step", [r["step"] for r in train_log], [r["loss"] for r in train_log], (31, 119, 180)),
+        _panel(
+            "training task loss / step",
+            [r["step"] for r in train_log],
+            [r["task_loss"] for r in train_log],
+            (31, 119, 180),
+        ),
         _panel(f"eval {metric} / epoch", [r["epoch"] for r in eval_log], [r[metric] for r in eval_log], (44, 160, 44)),
         _panel("eval loss / epoch", [r["epoch"] for r in eval_log], [r["loss"] for r in eval_log], (214, 39, 40)),
     ]
