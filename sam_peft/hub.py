@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import os
 import re
 import sys
@@ -38,6 +39,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.errors import HTTPError as _TransportHTTPError  # httpx's (requests' before 1.0) base error
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,29 @@ METHODS = {
         "convolutional experts at several scales inside the low-rank bottleneck and a noisy top-1 gate.",
     ),
     "LORA": ("LoRA", "LoRA (Hu et al. 2021) on the image encoder's fused qkv projections."),
+    "CAD": (
+        "CAD",
+        "CAD (*Memory Efficient Convolutional Adapter for SAM*, 2024): a convolutional adapter running beside the "
+        "frozen image encoder on a downsized copy of the image, its features added to the encoder's output.",
+    ),
+    "SAM_ADAPTER": (
+        "SAM-Adapter",
+        "SAM-Adapter (Chen et al., *SAM Fails to Segment Anything?*, 2023): per-block MLP adapters fed with "
+        "patch-embedding and high-frequency features of the image.",
+    ),
+    "SLORA": (
+        "SLoRA",
+        "SLoRA (Wang et al., *SAMCL*, AAAI 2026): LoRA with one down-projection shared by the adapted blocks, "
+        "plus point-prompt heat maps.",
+    ),
 }
+# peft's card for an adapter saved without a card of its own: huggingface_hub's default template, filled by
+# `PeftModel.save_pretrained`; `write_card_on_save` replaces it with sam-peft's card
+GENERIC_CARD_HEADING = "# Model Card for Model ID"
+LOADING_NOTE = (
+    "\n\n## Loading with sam-peft\n\nThis {method} adapter is a sam-peft tuner type: `pip install sam-peft` and "
+    "`import sam_peft` before `PeftModel.from_pretrained`, else peft fails with `KeyError: '{peft_type}'`.\n"
+)
 TEMPLATE_NAME = "adapter.md"
 
 
@@ -79,11 +103,15 @@ def adapter_model_card(
     hyperparameters: Mapping[str, Any] | None = None,
     trainable_parameters: int | None = None,
     trained_modules: str | None = "the mask decoder",
+    base_class: str = "SamForSemanticSegmentation",
+    num_mask_tokens: int | None = None,
 ) -> ModelCard:
     """Render the card of an adapter: metadata (`library_name: peft`, `base_model`, `model-index` built from
     `metrics`), a usage snippet, the metrics table, the hyperparameters and the method.
 
-    Metrics are fractions as sam-peft's metrics return them (e.g. `{"s_alpha": 0.91, "mae": 0.03}`).
+    Metrics are fractions as sam-peft's metrics return them (e.g. `{"s_alpha": 0.91, "mae": 0.03}`). `base_class`
+    is the class the adapter was trained on: `SamForSemanticSegmentation` (prompt-free; `num_labels` and a
+    non-default `num_mask_tokens` go into the snippet) or transformers' `SamModel` / `SamHQModel` (prompted).
     """
     method_name, method_description = METHODS.get(peft_type, (peft_type, f"A `{peft_type}` adapter."))
     task = "binary segmentation" if num_labels == 1 else f"{num_labels}-class semantic segmentation"
@@ -127,7 +155,62 @@ def adapter_model_card(
         hyperparameters=dict(hyperparameters or {}),
         trainable_parameters=f"{trainable_parameters:,}" if trainable_parameters is not None else "its trained",
         trained_modules=trained_modules,
+        base_class=base_class,
+        num_mask_tokens=num_mask_tokens,
     )
+
+
+def write_card_on_save(config: Any, directory: str | os.PathLike, auto_mapping: Mapping[str, str] | None) -> None:
+    """Gives an adapter saved with a plain `save_pretrained` sam-peft's card (a `CONFIG_SAVE_HOOKS` hook).
+
+    peft writes `README.md` before the weights and config; when it is peft's generic card, it is replaced by
+    `adapter_model_card` for what the folder holds (base model and class, task head read from the saved weights,
+    trainable parameter count), keeping peft's tags. Any other card (the user's, or sam-peft's) is kept; one that
+    never says `import sam_peft` gets a short loading section appended. A folder without a card is left alone.
+    """
+    folder = Path(directory)
+    path = folder / "README.md"
+    if not path.is_file():
+        return
+    existing = ModelCard.load(path)
+    peft_type = str(getattr(config.peft_type, "value", config.peft_type))
+    if GENERIC_CARD_HEADING not in existing.text:
+        if "import sam_peft" not in existing.text:
+            method = METHODS.get(peft_type, (peft_type, ""))[0]
+            existing.text = existing.text.rstrip("\n") + LOADING_NOTE.format(method=method, peft_type=peft_type)
+            existing.save(path)
+        return
+    weights = _saved_tensor_shapes(folder / "adapter_model.safetensors")
+    head = _decoder_head(weights)
+    card = adapter_model_card(
+        base_model=config.base_model_name_or_path or "facebook/sam-vit-base",
+        peft_type=peft_type,
+        adapter_id=str(folder.resolve()),
+        num_labels=head[0] if head else 1,
+        num_mask_tokens=head[1] if head and head[0] > 1 else None,
+        trainable_parameters=sum(math.prod(shape) for shape in weights.values()) if weights else None,
+        trained_modules="the mask decoder" if head else None,
+        base_class=(auto_mapping or {}).get("base_model_class", "SamModel"),
+    )
+    card.data.tags = sorted(set(card.data.tags or ()) | set(existing.data.tags or ()))
+    card.save(path)
+
+
+def _saved_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a safetensors file (read from its header only), or {} without one."""
+    if not path.is_file():
+        return {}
+    with safe_open(path, framework="pt") as file:
+        return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}  # noqa: SIM118
+
+
+def _decoder_head(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int] | None:
+    """`(num_labels, num_mask_tokens)` of a saved prompt-free mask decoder, or None when none is saved."""
+    tokens = next((shape for name, shape in shapes.items() if name.endswith("mask_decoder.mask_tokens.weight")), None)
+    if tokens is None:
+        return None
+    classifier = next((s for name, s in shapes.items() if name.endswith("mask_decoder.class_predictor.weight")), None)
+    return (1 if classifier is None else classifier[0] - 1), tokens[0]
 
 
 # Files of a run folder that `push_run` uploads, from its top level only (never checkpoints/ or logs).

@@ -14,6 +14,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import filter_repo_objects, hf_raise_for_status
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from transformers import SamModel
 
 from sam_peft import ConvLoraConfig, random_sam
 from sam_peft.hub import (
@@ -412,3 +413,54 @@ def test_push_access_falls_back_on_create_repo(online):
     with pytest.raises(PushAccessError, match="no write access to my-lab"):
         check_push_access("my-lab/sam", private=True, api=api)
     api.create_repo.assert_called_with("my-lab/sam", private=True, exist_ok=True, repo_type="model")
+
+
+# --- sam-peft's card on a plain save_pretrained -------------------------------------------------------------------
+
+
+def _python_block(card_text: str) -> str:
+    return card_text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_plain_save_pretrained_writes_a_card_whose_snippet_loads_the_adapter(tmp_path):
+    from sam_peft import SamForSemanticSegmentation
+
+    random_sam("tiny").save_pretrained(tmp_path / "base")
+    model = SamForSemanticSegmentation.from_pretrained(tmp_path / "base", num_labels=3, num_mask_tokens=4)
+    adapted = get_peft_model(model, ConvLoraConfig(num_experts=2)).eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert "# Model Card for Model ID" not in card.text  # peft's generic card is replaced
+    assert {"sam-peft", "conv-lora", "transformers"} <= set(card.data.tags)
+    assert card.data.library_name == "peft" and card.data.base_model == str(tmp_path / "base")
+    snippet = _python_block(card.text)
+    assert "import sam_peft" in snippet and "num_labels=3, num_mask_tokens=4" in snippet
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert f"({trainable:,} parameters)" in card.text
+
+    namespace: dict = {}
+    exec(snippet, namespace)  # the card's snippet, as a user copies it
+    pixel_values = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            namespace["model"](pixel_values=pixel_values).logits, adapted(pixel_values=pixel_values).logits
+        )
+
+
+def test_plain_save_of_a_prompted_adapter_and_a_users_own_card(tmp_path):
+    random_sam("tiny").save_pretrained(tmp_path / "base")
+    adapted = get_peft_model(SamModel.from_pretrained(tmp_path / "base"), ConvLoraConfig(num_experts=2))
+    adapted.save_pretrained(tmp_path / "adapter")
+    snippet = _python_block((tmp_path / "adapter" / "README.md").read_text())
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert type(namespace["base"]).__name__ == "SamModel" and isinstance(namespace["model"], PeftModel)
+
+    # a card the user wrote is kept; a loading note is added once
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("---\nlicense: mit\n---\n\n# My polyp adapter\n\nNotes.\n")
+    for _ in range(2):
+        adapted.save_pretrained(tmp_path / "mine")
+    text = (tmp_path / "mine" / "README.md").read_text()
+    assert "# My polyp adapter\n\nNotes." in text and "license: mit" in text
+    assert text.count("## Loading with sam-peft") == 1 and "`import sam_peft` before" in text

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
 from .targets import layer_index_allowed
+
+# Called as `hook(config, directory, auto_mapping)` after a sam-peft adapter config is saved into `directory` (by
+# `PeftModel.save_pretrained`, once its weights are written there; `auto_mapping` is peft's record of the base model
+# class). `sam_peft` registers its model card writer here (`sam_peft.hub.write_card_on_save`), which tuners, below
+# the hub layer, do not import.
+CONFIG_SAVE_HOOKS: list[Callable[[PeftConfig, str, dict | None], None]] = []
+
+
+class SamPeftConfigMixin:
+    """What every sam-peft tuner config adds to `PeftConfig`: `save_pretrained` runs `CONFIG_SAVE_HOOKS`."""
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        for hook in CONFIG_SAVE_HOOKS:
+            hook(self, save_directory, kwargs.get("auto_mapping_dict"))
 
 
 class SamPeftTuner(BaseTuner):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from peft import PeftConfig
 
+from ..base import SamPeftConfigMixin
+
 CAD = "CAD"
 
 # The whole vision encoder of transformers' SamModel / SamHQModel / SamForSemanticSegmentation: CAD wraps it, runs
@@ -19,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class CadConfig(PeftConfig):
+class CadConfig(SamPeftConfigMixin, PeftConfig):
     """Configuration for a CAD adapter: a small CNN beside SAM's frozen image encoder.
 
     `embedding = encoder(pixel_values) [no autograd] + scale * adapter(x)`, where `x` (B, 6, S, S) is the image

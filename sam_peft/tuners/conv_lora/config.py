@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from peft import PeftConfig
 
+from ..base import SamPeftConfigMixin
+
 CONV_LORA = "CONV_LORA"
 
 # Every vision block's fused qkv projection of transformers' SamModel / SamHQModel. A regex rather than the bare
@@ -14,7 +16,7 @@ SAM_QKV_TARGET = r"vision_encoder\.layers\.\d+\.attn\.qkv"
 
 
 @dataclass
-class ConvLoraConfig(PeftConfig):
+class ConvLoraConfig(SamPeftConfigMixin, PeftConfig):
     """Configuration for a Conv-LoRA adapter.
 
     Conv-LoRA is LoRA on the vision encoder's fused qkv projection with a mixture of convolutional experts inside

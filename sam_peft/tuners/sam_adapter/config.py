@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from peft import PeftConfig
 
+from ..base import SamPeftConfigMixin
+
 SAM_ADAPTER = "SAM_ADAPTER"
 
 # Every vision block of transformers' SamModel / SamHQModel (full match: not the blocks' submodules).
@@ -13,7 +15,7 @@ SAM_BLOCK_TARGET = r"vision_encoder\.layers\.\d+"
 
 
 @dataclass
-class SamAdapterConfig(PeftConfig):
+class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
     """Configuration for SAM-Adapter: per-block prompts from patch-embedding tuning and high-frequency features.
 
     This is the variant of the paper's official code (the explicit-visual-prompting design, `prompt_type

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from peft import PeftConfig
 
+from ..base import SamPeftConfigMixin
+
 SLORA = "SLORA"
 
 # The attention module of every vision block of transformers' SamModel / SamHQModel / SamForSemanticSegmentation
@@ -23,7 +25,7 @@ def default_adapted_blocks(num_blocks: int) -> list[int]:
 
 
 @dataclass
-class SloraConfig(PeftConfig):
+class SloraConfig(SamPeftConfigMixin, PeftConfig):
     """Configuration for a SLoRA adapter (SAMCL's AugModule): LoRA with one shared down-projection, plus prompts.
 
     Around the attention module of each adapted vision block, with x its input (tokens or windows of tokens,
