@@ -21,9 +21,11 @@ from sam_peft.data import prepare_for_sam, sam_collate_fn
 from sam_peft.data.preprocessing import Augmentation
 from sam_peft.training import build_datasets, build_embedding_cache, build_model, ensure_random_base, parse_args
 
+USAGE = "python recipes/cache_embeddings.py CONFIG.yaml [--key value ...]"
+
 
 def main() -> None:
-    model_args, data_args, train_args = parse_args()
+    model_args, data_args, train_args = parse_args(description=__doc__, usage=USAGE)
     data_args.cache_embeddings = True
     ensure_random_base(model_args)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -40,6 +40,8 @@ from sam_peft.continual import (
 from sam_peft.data import sam_collate_fn, sam_image_processor
 from sam_peft.training import DataArguments, ModelArguments, build_datasets, ensure_random_base, parse_config
 
+USAGE = "python recipes/continual.py CONFIG.yaml [--key value ...]"
+
 
 @dataclass
 class ContinualArguments:
@@ -128,7 +130,10 @@ def selector_accuracy(continual: ContinualSam, eval_sets: dict, batch_size: int)
 
 def main() -> None:
     (args, train_args), structured = parse_config(
-        (ContinualArguments, DomainTrainingArguments), structured_keys=("domains", "base_domain")
+        (ContinualArguments, DomainTrainingArguments),
+        structured_keys=("domains", "base_domain"),
+        description=__doc__,
+        usage=USAGE,
     )
     entries = structured.get("domains") or []
     if len(entries) < 1:

@@ -1,25 +1,54 @@
-"""Evaluate a trained run on a benchmark split and print the paper's table row for that task.
+"""Evaluate a trained run on any data that recipes/train.py accepts, and print the task's table row.
 
+    python recipes/evaluate.py --adapter outputs/quickstart
     python recipes/evaluate.py --adapter outputs/conv_lora_kvasir --benchmark kvasir --data_dir data/Kvasir-SEG
     python recipes/evaluate.py --adapter user/sam-conv-lora-sbu --benchmark sbu --data_dir data/SBU --split test
+    python recipes/evaluate.py --adapter outputs/run --image_dir photos/ --mask_dir masks/ --split validation
+    python recipes/evaluate.py --adapter outputs/run --hub_dataset user/polyps --image_column img --target_column seg
+    python recipes/evaluate.py evaluate.yaml --adapter outputs/run
 
-Metrics are computed at the original image sizes (sam_peft.metrics) and written to `--output` as JSON; the row is
-printed x100 as the papers print it (BER in percent).
+The data keys are those of recipes/train.py (a benchmark with data_dir, image_dir and mask_dir, hub_dataset with its
+columns and validation_fraction, `benchmark: synthetic`), on the command line or in a YAML file. An image / mask
+folder named here is evaluated whole (one `test` split). Without a data source, a local run folder is evaluated on
+the data it was trained on (its training_config.json), split as in training. The split is `--split`, by default
+`test` where the data has one, else the run's evaluation split. Every data file is checked before the model runs.
+
+Metrics are computed at the original image sizes (sam_peft.metrics). The row is printed x100 as the papers print
+it (BER in percent), as a Markdown table; all metrics are written to `--output` as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from accelerate import Accelerator
+from datasets import DatasetDict
 from torch.utils.data import DataLoader
 
-from sam_peft.data import load_benchmark, prepare_for_sam, sam_collate_fn
-from sam_peft.training import evaluate, load_trained
+from sam_peft.data import load_folder, prepare_for_sam, sam_collate_fn
+from sam_peft.hub import resolve_pretrained
+from sam_peft.training import (
+    DataArguments,
+    TrainArguments,
+    evaluate,
+    load_data,
+    load_trained,
+    parse_config,
+    read_run_file,
+    verify_data_files,
+)
+from sam_peft.training.arguments import DATA_SOURCE_GROUP, DATA_SOURCE_KEYS, check_field_types
+from sam_peft.training.files import write_json_atomic
+from sam_peft.training.run_folder import CONFIG_FILE
 
-# The columns each paper's table reports, by benchmark (Conv-LoRA, Tables 1 and 2 and appendix D).
+USAGE = (
+    "python recipes/evaluate.py [CONFIG.yaml] --adapter RUN_OR_HUB_ID [DATA SOURCE] [--split SPLIT] [--key value ...]"
+)
+
+# The columns each paper's table reports, by task (Conv-LoRA, Tables 1 and 2 and appendix D); data of no benchmark
+# gets the columns of its kind of task.
 PAPER_COLUMNS = {
     "polyp": ("s_alpha", "e_phi", "f_beta_w", "mae"),
     "camouflage": ("s_alpha", "e_phi", "f_beta_w", "mae"),
@@ -27,7 +56,10 @@ PAPER_COLUMNS = {
     "shadow": ("ber", "shadow_error", "non_shadow_error"),
     "overlap": ("iou", "dice", "accuracy"),
     "multiclass": ("accuracy", "mean_iou", "mae", "mber"),
+    "binary": ("iou", "dice", "s_alpha", "e_phi", "f_beta_w", "mae"),
 }
+# the seed of generated data when neither the command line nor the run gives one: the training recipe's default
+DEFAULT_SEED = TrainArguments.__dataclass_fields__["seed"].default
 TASKS = {
     **dict.fromkeys(("kvasir", "cvc-clinicdb", "pranet"), "polyp"),
     **dict.fromkeys(("cod10k", "camo", "chameleon", "sinet"), "camouflage"),
@@ -38,34 +70,103 @@ TASKS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="Run folder (recipes/train.py output_dir) or Hub id.")
-    parser.add_argument("--subfolder", default=None)
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--base_model", default=None, help="Base SAM; default: the one the run was trained on.")
-    parser.add_argument("--benchmark", required=True, choices=sorted(TASKS))
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--split", default="test", help="Split to evaluate (bundles: e.g. test_kvasir).")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--output", type=Path, default=None, help="JSON file of all metrics.")
-    args = parser.parse_args()
+@dataclass
+class EvaluateArguments:
+    """The trained run and how to evaluate it; the data keys are `DataArguments`'."""
 
+    adapter: str | None = field(default=None, metadata={"help": "Run folder (recipes/train.py output_dir) or Hub id."})
+    subfolder: str | None = field(default=None, metadata={"help": "Subfolder of the Hub repository."})
+    revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Base SAM; default: the one the run was trained on."}
+    )
+    split: str | None = field(
+        default=None,
+        metadata={"help": "Split to evaluate (bundles: e.g. test_kvasir); default: test, else eval_split."},
+    )
+    batch_size: int = field(default=4, metadata={"help": "Images per forward pass."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed of generated data; default: the run's, else train.py's default."}
+    )
+    output: str | None = field(default=None, metadata={"help": "JSON file of all metrics (written atomically)."})
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def recorded_training_config(run_folder: Path) -> dict | None:
+    """The run's training configuration (data and seed), if the run folder holds one."""
+    path = run_folder / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def data_arguments(
+    args: EvaluateArguments, data_args: DataArguments, run_folder: Path
+) -> tuple[DataArguments, int, bool]:
+    """The data to evaluate on, the seed of generated data, and whether both are the run's: as given, else as the
+    run was trained.
+
+    Raises:
+        ValueError: when no data source is given and the run records none.
+    """
+    recorded = recorded_training_config(run_folder)
+    seed = args.seed if args.seed is not None else recorded["train"]["seed"] if recorded else DEFAULT_SEED
+    if any(getattr(data_args, key) is not None for key in DATA_SOURCE_KEYS):
+        return data_args, seed, False
+    if recorded is None:
+        raise ValueError(
+            f"No data to evaluate on: {run_folder} records none ({CONFIG_FILE} is missing). Name a source: "
+            "--benchmark NAME --data_dir DIR, --image_dir DIR --mask_dir DIR, or --hub_dataset ID."
+        )
+    given = {f.name: getattr(data_args, f.name) for f in fields(DataArguments)}
+    defaults = asdict(DataArguments())
+    # the run's source and carving; options given here (other than their defaults) still apply
+    data = {**recorded["data"], **{k: v for k, v in given.items() if v != defaults[k] and k not in DATA_SOURCE_GROUP}}
+    return DataArguments(**data), seed, True
+
+
+def load_evaluation_data(data_args: DataArguments, num_labels: int, seed: int, recorded: bool) -> DatasetDict:
+    """The splits of the data: a folder named here is one `test` split of all its images (the run's own folder
+    is carved as in training, so that its validation split is the same), any other source as `load_data` gives it."""
+    if data_args.image_dir is not None and not recorded:
+        if data_args.mask_dir is None:
+            raise ValueError("--image_dir needs --mask_dir: the folder of masks, matched by file stem.")
+        return load_folder(data_args.image_dir, data_args.mask_dir, num_labels=num_labels, split="test")
+    return load_data(data_args, num_labels, seed)
+
+
+def main() -> None:
+    (args, data_args), _ = parse_config((EvaluateArguments, DataArguments), description=__doc__, usage=USAGE)
+    if args.adapter is None:
+        raise ValueError("--adapter is required: a run folder (recipes/train.py output_dir) or a Hub id.")
     accelerator = Accelerator()
+    run_folder = resolve_pretrained(args.adapter, subfolder=args.subfolder, revision=args.revision)
+    data_args, seed, recorded = data_arguments(args, data_args, run_folder)
+    record = read_run_file(run_folder)
+    num_labels = record["model"]["num_labels"]
+    data = load_evaluation_data(data_args, num_labels, seed, recorded)
+    split = args.split or ("test" if "test" in data else data_args.eval_split)
+    if split not in data:
+        raise ValueError(f"The data has no split {split!r}; it has {sorted(data)}. Choose one with --split.")
+    verify_data_files(data_args, data[split])  # every file, before the model is loaded
+
     model = load_trained(args.adapter, args.base_model, subfolder=args.subfolder, revision=args.revision)
-    data = load_benchmark(args.benchmark, args.data_dir)
-    if args.split not in data:
-        raise ValueError(f"{args.benchmark} has no split {args.split!r}; it has {sorted(data)}.")
-    split = prepare_for_sam(data[args.split], model.config.vision_config.image_size, augmentation=None)
-    loader = DataLoader(split, batch_size=args.batch_size, collate_fn=sam_collate_fn)
+    image_size = record.get("image_size", model.config.vision_config.image_size)
+    prepared = prepare_for_sam(data[split], image_size, augmentation=None)
+    loader = DataLoader(prepared, batch_size=args.batch_size, collate_fn=sam_collate_fn)
     model, loader = accelerator.prepare(model, loader)
-    results = evaluate(model, loader, accelerator, model.config.num_labels)
+    results = evaluate(model, loader, accelerator, num_labels)
     if accelerator.is_main_process:
-        columns = PAPER_COLUMNS[TASKS[args.benchmark]]
-        print(f"| {args.benchmark} {args.split} | " + " | ".join(columns) + " |")
+        source = data_args.benchmark or data_args.hub_dataset or data_args.image_dir
+        task = TASKS.get(data_args.benchmark, "binary" if num_labels == 1 else "multiclass")
+        columns = PAPER_COLUMNS[task]
+        print(f"| {source} {split} ({len(prepared)} images) | " + " | ".join(columns) + " |")
+        print("| --- |" + " ---: |" * len(columns))
         print(f"| {args.adapter} | " + " | ".join(f"{100 * results[c]:.2f}" for c in columns) + " |")
         if args.output is not None:
-            args.output.write_text(json.dumps(results, indent=2))
+            write_json_atomic(Path(args.output), {"split": split, "images": len(prepared), **results})
 
 
 if __name__ == "__main__":

@@ -28,9 +28,16 @@ from pathlib import Path
 from sam_peft.prediction import check_output_dir, list_inputs, predict_folder
 from sam_peft.training import load_trained
 
+USAGE = (
+    "python recipes/predict.py --adapter RUN_OR_HUB_ID --input IMAGE_OR_FOLDER --output_dir OUT [--overlays] "
+    "[--save_probabilities]"
+)
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--adapter", required=True, help="Run folder (recipes/train.py output_dir) or Hub id.")
     parser.add_argument("--subfolder", default=None, help="Subfolder of the Hub repository.")
     parser.add_argument("--revision", default=None, help="Hub branch, tag or commit.")

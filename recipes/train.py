@@ -61,6 +61,8 @@ from sam_peft.training import (
     write_run_file,
 )
 
+USAGE = "accelerate launch recipes/train.py CONFIG.yaml [--key value ...]"
+
 PEFT_TYPES = {"conv_lora": "CONV_LORA", "lora": "LORA", "cad": "CAD", "decoder_only": "DECODER_ONLY"}
 # the hyperparameters of each method that the model card lists
 METHOD_HYPERPARAMETERS = {
@@ -105,7 +107,7 @@ def overlay_examples(model, raw_split, prepared_split, count: int = 4):
 
 
 def main() -> None:
-    model_args, data_args, train_args = parse_args()
+    model_args, data_args, train_args = parse_args(description=__doc__, usage=USAGE)
     output_dir = Path(train_args.output_dir)
     metric = train_args.metric_for_best_model or default_metric(model_args.num_labels)
     tracker = train_args.report_to if train_args.report_to and importlib.util.find_spec(train_args.report_to) else None
@@ -195,7 +197,8 @@ def main() -> None:
         batches = accelerator.skip_first_batches(train_loader, done_in_epoch * train_args.gradient_accumulation_steps)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"]).loss
+                outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
+                loss = outputs.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train_args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
@@ -205,9 +208,11 @@ def main() -> None:
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 state.step += 1
-                loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-                state.train_log.append({"step": state.step, "loss": loss_value, "lr": learning_rate})
-                accelerator.log({"train/loss": loss_value, "train/lr": learning_rate}, step=state.step)
+                losses = torch.stack([loss, outputs.task_loss, outputs.auxiliary_loss]).detach().float()
+                loss_value, task_loss, aux_loss = accelerator.gather(losses[None]).mean(dim=0).tolist()
+                entry = {"loss": loss_value, "task_loss": task_loss, "auxiliary_loss": aux_loss, "lr": learning_rate}
+                state.train_log.append({"step": state.step, **entry})
+                accelerator.log({f"train/{key}": value for key, value in entry.items()}, step=state.step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_value:.4f}")
                 if state.step >= last_step:
@@ -249,7 +254,7 @@ def main() -> None:
             num_labels=model_args.num_labels,
             dataset_name=data_args.benchmark or data_args.hub_dataset or "custom",
             eval_split=data_args.eval_split,
-            metrics={k: v for k, v in _scalars(results).items() if k != "loss"},
+            metrics={k: v for k, v in _scalars(results).items() if k not in ("loss", "auxiliary_loss")},
             hyperparameters=_hyperparameters(model_args, train_args),
             trainable_parameters=sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
         )

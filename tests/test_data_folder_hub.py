@@ -228,3 +228,66 @@ def test_verify_dataset_skips_rows_held_in_memory(tmp_path):
     _write_parquet_dataset(tmp_path / "repo")
     dataset = load_hub(str(tmp_path / "repo"), image_column="img", target_column="seg", cache_dir=str(tmp_path / "c"))
     assert verify_dataset(dataset) == 0
+
+
+def _write_train_only(folder, ids) -> None:
+    """A Hub-like dataset folder with one train split whose rows carry `ids`, in that order."""
+    rows = {
+        "image": [np.full((4, 4, 3), 10 * index, np.uint8) for index in range(len(ids))],
+        "mask": [np.eye(4, dtype=np.uint8) * 255 for _ in ids],
+        "id": list(ids),
+    }
+    (folder / "data").mkdir(parents=True)
+    features = Features({"image": Image(), "mask": Image(), "id": Value("string")})
+    Dataset.from_dict(rows, features=features).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+
+
+def test_load_hub_carves_validation_by_id_whatever_the_row_order(tmp_path):
+    ids = [f"{index:02d}" for index in range(10)]
+    _write_train_only(tmp_path / "ordered", ids)
+    _write_train_only(tmp_path / "reversed", ids[::-1])
+    carved = [
+        load_hub(str(tmp_path / name), validation_fraction=0.3, cache_dir=str(tmp_path / "cache"))
+        for name in ("ordered", "reversed")
+    ]
+    for dataset in carved:
+        assert list(dataset) == ["train", "validation"] and len(dataset["validation"]) == 3
+        assert sorted([*dataset["train"]["id"], *dataset["validation"]["id"]]) == ids
+        assert "validation: 30% of the train rows (3), carved with seed" in dataset["validation"].info.description
+        assert np.asarray(dataset["validation"][0]["mask"]).max() == 1  # still decoded lazily
+    assert sorted(carved[0]["validation"]["id"]) == sorted(carved[1]["validation"]["id"])
+    # A dataset that has its own validation split keeps it; no fraction, no carving.
+    assert list(load_hub(str(tmp_path / "ordered"), cache_dir=str(tmp_path / "cache"))) == ["train"]
+    _write_parquet_dataset(tmp_path / "repo")
+    (tmp_path / "repo" / "data" / "test-00000-of-00001.parquet").rename(
+        tmp_path / "repo" / "data" / "validation-00000-of-00001.parquet"
+    )
+    own = load_hub(
+        str(tmp_path / "repo"),
+        image_column="img",
+        target_column="seg",
+        validation_fraction=0.5,
+        cache_dir=str(tmp_path / "c"),
+    )
+    assert {split: len(part) for split, part in own.items()} == {"train": 3, "validation": 2}
+
+
+def test_load_hub_refuses_to_carve_by_duplicate_ids(tmp_path):
+    _write_train_only(tmp_path / "repo", ["a", "b", "a", "c"])
+    with pytest.raises(ValueError, match="ids are not unique; name a column of unique ids with id_column"):
+        load_hub(str(tmp_path / "repo"), validation_fraction=0.5, cache_dir=str(tmp_path / "cache"))
+
+
+def test_recipe_hub_dataset_with_columns_and_carving(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    _write_parquet_dataset(tmp_path / "repo")  # train (3) and test (2), columns img / seg
+    arguments = DataArguments(
+        hub_dataset=str(tmp_path / "repo"), image_column="img", target_column="seg", validation_fraction=0.34
+    )
+    raw, prepared = build_datasets(arguments, 1, 16, 0)
+    assert {split: len(part) for split, part in raw.items()} == {"train": 2, "validation": 1}
+    assert prepared["validation"][0]["labels"].shape == (16, 16)
+    with pytest.raises(ValueError, match="image_column applies to hub_dataset only"):
+        DataArguments(image_dir="images", mask_dir="masks", image_column="img")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import SamModel
 
 from sam_peft import sam_config
+from sam_peft.data.layouts import BENCHMARKS
 from sam_peft.training import load_trained, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +83,11 @@ def test_run_writes_adapter_card_metrics_and_pictures(finished_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_4"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric_for_best_model"] == "iou" and 0.0 <= metrics["iou"] <= 1.0
-    assert set(metrics["untrained"]) >= {"iou", "s_alpha", "loss"}
+    assert set(metrics["untrained"]) >= {"iou", "s_alpha", "loss", "auxiliary_loss"}
+    # The optimised loss is the task loss plus the balance loss (moe_loss_weight 1.0), each logged apart.
+    for entry in metrics["train_log"]:
+        assert entry["loss"] == pytest.approx(entry["task_loss"] + entry["auxiliary_loss"], rel=1e-5)
+        assert entry["auxiliary_loss"] > 0.0
     card = (run_dir / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "peft" and metadata["base_model"] == str(finished_run / "base")
@@ -207,20 +213,93 @@ def _write_pairs(images: Path, masks: Path, count: int, rng: np.random.Generator
         Image.fromarray(((rng.random((40, 50)) > 0.7) * 255).astype(np.uint8)).save(masks / f"img_{index}.png")
 
 
-def test_evaluate_prints_the_papers_row(finished_run, tmp_path):
+@pytest.fixture(scope="module")
+def evaluate_main():
+    """recipes/evaluate.py's main(), run in this process."""
+    return runpy.run_path(str(ROOT / "recipes" / "evaluate.py"))["main"]
+
+
+def run_evaluate(evaluate_main, monkeypatch, capsys, *args: str) -> list[str]:
+    """The printed table of `recipes/evaluate.py args`: header, `| --- |` line, row."""
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", *args])
+    evaluate_main()
+    return capsys.readouterr().out.strip().splitlines()[-3:]
+
+
+def test_evaluate_prints_the_papers_row(finished_run, tmp_path, evaluate_main, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     root = tmp_path / "SBU"
     _write_pairs(root / "SBUTrain4KRecoveredSmall/ShadowImages", root / "SBUTrain4KRecoveredSmall/ShadowMasks", 4, rng)
     _write_pairs(root / "SBU-Test/ShadowImages", root / "SBU-Test/ShadowMasks", 3, rng)
     output = tmp_path / "metrics.json"
-    command = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--adapter", str(finished_run / "run")]
-    command += ["--benchmark", "sbu", "--data_dir", str(root), "--output", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "| sbu test | ber | shadow_error | non_shadow_error |" in result.stdout
+    args = ["--adapter", str(finished_run / "run"), "--benchmark", "sbu", "--data_dir", str(root)]
+    header, rule, row = run_evaluate(evaluate_main, monkeypatch, capsys, *args, "--output", str(output))
+    assert header == "| sbu test (3 images) | ber | shadow_error | non_shadow_error |"
+    assert rule == "| --- | ---: | ---: | ---: |"
     metrics = json.loads(output.read_text())
-    row = result.stdout.strip().splitlines()[-1]
-    assert row.endswith(
-        f"| {100 * metrics['ber']:.2f} | {100 * metrics['shadow_error']:.2f} | "
+    assert metrics["split"] == "test" and metrics["images"] == 3
+    assert row == (
+        f"| {finished_run / 'run'} | {100 * metrics['ber']:.2f} | {100 * metrics['shadow_error']:.2f} | "
         f"{100 * metrics['non_shadow_error']:.2f} |"
     )
+
+
+def test_evaluate_without_data_uses_the_runs_own_from_anywhere(
+    finished_run, tmp_path, evaluate_main, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # another working directory
+    output = tmp_path / "again.json"
+    header, _, _ = run_evaluate(
+        evaluate_main, monkeypatch, capsys, "--adapter", str(finished_run / "run"), "--output", str(output)
+    )
+    assert header == "| synthetic validation (4 images) | iou | dice | s_alpha | e_phi | f_beta_w | mae |"
+    # the run's final evaluation, reproduced: same data (generated with the run's seed), same weights
+    trained = json.loads((finished_run / "run" / "metrics.json").read_text())
+    again = json.loads(output.read_text())
+    for key in ("iou", "s_alpha", "mae", "loss", "auxiliary_loss"):
+        assert again[key] == pytest.approx(trained[key], rel=1e-5, abs=1e-7), key
+
+
+def test_evaluate_a_folder_whole_and_a_hub_dataset(finished_run, tmp_path, evaluate_main, monkeypatch, capsys):
+    import datasets
+
+    rng = np.random.default_rng(1)
+    _write_pairs(tmp_path / "images", tmp_path / "masks", 5, rng)
+    args = ["--adapter", str(finished_run / "run"), "--image_dir", str(tmp_path / "images")]
+    header, _, _ = run_evaluate(evaluate_main, monkeypatch, capsys, *args, "--mask_dir", str(tmp_path / "masks"))
+    assert header.startswith(f"| {tmp_path / 'images'} test (5 images) | iou | dice |")
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    rows = {"img": [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(6)]}
+    rows["seg"] = [((rng.random((40, 50)) > 0.7) * 255).astype(np.uint8) for _ in range(6)]
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    features = datasets.Features({"img": datasets.Image(), "seg": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "hub/data/train-00000-of-00001.parquet")
+    args = ["--adapter", str(finished_run / "run"), "--hub_dataset", str(tmp_path / "hub")]
+    args += ["--image_column", "img", "--target_column", "seg", "--validation_fraction", "0.5"]
+    header, _, _ = run_evaluate(evaluate_main, monkeypatch, capsys, *args)
+    # no test split: the validation half carved out of train
+    assert header.startswith(f"| {tmp_path / 'hub'} validation (3 images) | iou |")
+
+
+def test_every_recipe_help_starts_with_its_purpose_and_usage(monkeypatch, capsys):
+    usages = {
+        "train.py": "usage: accelerate launch recipes/train.py CONFIG.yaml [--key value ...]",
+        "continual.py": "usage: python recipes/continual.py CONFIG.yaml [--key value ...]",
+        "cache_embeddings.py": "usage: python recipes/cache_embeddings.py CONFIG.yaml [--key value ...]",
+        "evaluate.py": "usage: python recipes/evaluate.py [CONFIG.yaml] --adapter RUN_OR_HUB_ID [DATA SOURCE]",
+        "predict.py": "usage: python recipes/predict.py --adapter RUN_OR_HUB_ID --input IMAGE_OR_FOLDER",
+    }
+    assert sorted(usages) == sorted(p.name for p in (ROOT / "recipes").glob("*.py"))
+    for name, usage in usages.items():
+        recipe = runpy.run_path(str(ROOT / "recipes" / name))
+        monkeypatch.setattr(sys, "argv", [name, "--help"])
+        with pytest.raises(SystemExit) as exit_info:
+            recipe["main"]()
+        assert exit_info.value.code == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(usage), name
+        # then a blank line and the one-line purpose: the recipe's docstring's first line
+        assert lines[1] == "" and lines[2] == recipe["__doc__"].splitlines()[0], name
+        if name == "evaluate.py":  # every benchmark has its paper's columns
+            assert set(recipe["TASKS"]) == set(BENCHMARKS)

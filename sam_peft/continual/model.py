@@ -128,8 +128,8 @@ class ContinualSam(nn.Module):
     def _adapted_blocks(sam: SamModel, config: SloraConfig) -> list[int]:
         num_blocks = sam.config.vision_config.num_hidden_layers
         layers = config.layers_to_transform
-        if layers is None:
-            layers = default_adapted_blocks(num_blocks)
+        if layers is None:  # SLoRA's default, after block 0: the selector reads a block before the first adapted one
+            layers = [block for block in default_adapted_blocks(num_blocks) if block >= 1]
         blocks = sorted([layers] if isinstance(layers, int) else layers)
         if not blocks or blocks[0] < 1 or blocks[-1] >= num_blocks:
             raise ValueError(f"Adapted blocks {blocks} must lie in [1, {num_blocks - 1}] for this encoder.")

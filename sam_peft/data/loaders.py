@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -56,26 +56,34 @@ def _build_split(pairs: Sequence[Pair], target: str, split: str, info: DatasetIn
     return Dataset.from_dict(columns, features=info.features, info=info, split=split)
 
 
-def carve(pairs: Sequence[Pair], count: int, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Moves `count` randomly chosen pairs (seeded, independent of the listing order) out of `pairs`.
+T = TypeVar("T")
+
+
+def _pair_id(pair: Pair) -> str:
+    return pair.id
+
+
+def carve(items: Sequence[T], count: int, seed: int, key: Callable[[T], str] = _pair_id) -> tuple[list[T], list[T]]:
+    """Moves `count` randomly chosen items (seeded, independent of the listing order) out of `items`: pairs of
+    files by default, or anything with a unique `key`.
 
     Returns `(kept, carved)`, both in the original order.
     """
-    if not 0 <= count <= len(pairs):
-        raise ValueError(f"Cannot carve {count} examples out of {len(pairs)}.")
-    ordered = sorted(pairs, key=lambda pair: pair.id)
-    chosen = {ordered[index].id for index in np.random.default_rng(seed).permutation(len(ordered))[:count]}
-    return [pair for pair in pairs if pair.id not in chosen], [pair for pair in pairs if pair.id in chosen]
+    if not 0 <= count <= len(items):
+        raise ValueError(f"Cannot carve {count} examples out of {len(items)}.")
+    ordered = sorted(items, key=key)
+    chosen = {key(ordered[index]) for index in np.random.default_rng(seed).permutation(len(ordered))[:count]}
+    return [item for item in items if key(item) not in chosen], [item for item in items if key(item) in chosen]
 
 
 def _carve_fraction(
-    pairs: Sequence[Pair], fraction: float, seed: int, split: str, source: str
-) -> tuple[list[Pair], list[Pair], str]:
-    """Carves `round(len(pairs) * fraction)` pairs into `split`; returns kept, carved and a note for the info."""
+    items: Sequence[T], fraction: float, seed: int, split: str, source: str, key: Callable[[T], str] = _pair_id
+) -> tuple[list[T], list[T], str]:
+    """Carves `round(len(items) * fraction)` items into `split`; returns kept, carved and a note for the info."""
     if not 0 < fraction < 1:
         raise ValueError(f"The {split} fraction must be in (0, 1), got {fraction}.")
-    count = round(len(pairs) * fraction)
-    kept, carved = carve(pairs, count, seed)
+    count = round(len(items) * fraction)
+    kept, carved = carve(items, count, seed, key)
     return kept, carved, f"{split}: {fraction:.0%} of the {source} ({count}), carved with seed {seed}"
 
 
@@ -467,9 +475,15 @@ def load_hub(
     num_labels: int = 1,
     palette: PaletteLike | None = None,
     threshold: int = 128,
+    validation_fraction: float = 0.0,
+    seed: int = DEFAULT_SPLIT_SEED,
     **load_dataset_kwargs: Any,
 ) -> DatasetDict:
     """Loads a Hub dataset (or a local dataset folder / data files) with `datasets.load_dataset`, mapped to our columns.
+
+    A dataset without a `validation` split gets one carved out of `train` when `validation_fraction` is non-zero,
+    as `load_folder` does: `round(len(train) * validation_fraction)` rows chosen with `seed` by their ids, so the
+    choice does not depend on the row order. A dataset with its own `validation` split keeps it as it is.
 
     Args:
         path: a Hub dataset id (`"user/name"`), a local folder, or a builder name (`"parquet"` with `data_files=`).
@@ -479,10 +493,16 @@ def load_hub(
         id_column: a column of example names, renamed `id`; by default the dataset's `id` column if it has one,
             else the row indices.
         num_labels, palette, threshold: as in `load_folder`.
+        validation_fraction, seed: the carving of `validation` out of `train`, when the dataset has none.
         load_dataset_kwargs: passed to `datasets.load_dataset` (`name`, `split`, `revision`, `cache_dir`, ...).
 
     Returns:
-        A `DatasetDict` with the columns `image`, `mask` or `label`, `id` only, decoded lazily.
+        A `DatasetDict` with the columns `image`, `mask` or `label`, `id` only, decoded lazily; the carving, if
+        any, is described in the splits' `info.description`.
+
+    Raises:
+        ValueError: for a missing column, `streaming=True`, or a carving without a `train` split or with ids that
+            are not unique.
     """
     if load_dataset_kwargs.get("streaming"):
         raise ValueError("load_hub does not support streaming=True; the SAM transforms need map-style datasets.")
@@ -492,5 +512,27 @@ def load_hub(
         mapping[id_column] = "id"
     loaded = _as_dataset_dict(datasets.load_dataset(path, **load_dataset_kwargs))
     dataset = DatasetDict({split: _standardise_split(part, mapping, target) for split, part in loaded.items()})
+    if validation_fraction and "validation" not in dataset:
+        dataset = _carve_validation_rows(dataset, validation_fraction, seed)
     decoder = _decoder(target, threshold, palette, num_labels if target == "label" else None)
     return dataset.with_transform(decoder)
+
+
+def _carve_validation_rows(dataset: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+    """`dataset` with `validation` carved out of `train` (by ids, as `carve` does for files)."""
+    if "train" not in dataset:
+        raise ValueError(f"Cannot carve validation rows: there is no train split, only {list(dataset)}.")
+    train = dataset["train"]
+    ids = list(train["id"])
+    if len(set(ids)) != len(ids):
+        raise ValueError(
+            "Cannot carve validation rows: the train split's ids are not unique; name a column of unique ids "
+            "with id_column, or pass validation_fraction=0 and a split of your own."
+        )
+    kept, carved, note = _carve_fraction(ids, fraction, seed, "validation", "train rows", key=str)
+    index = {row_id: position for position, row_id in enumerate(ids)}
+    splits = {**dataset, "train": train.select([index[row_id] for row_id in kept])}
+    splits["validation"] = train.select([index[row_id] for row_id in carved])
+    for split in ("train", "validation"):
+        splits[split].info.description = f"{train.info.description or ''} {note}.".strip()
+    return DatasetDict({split: splits[split] for split in _split_order(splits)})

@@ -1,7 +1,15 @@
 """The training recipe's library: configuration, builders, loop state, checkpoints, evaluation and pictures."""
 
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args, parse_config
-from .builders import SeededSamples, build_datasets, build_embedding_cache, build_model, ensure_random_base, load_data
+from .builders import (
+    SeededSamples,
+    build_datasets,
+    build_embedding_cache,
+    build_model,
+    ensure_random_base,
+    load_data,
+    verify_data_files,
+)
 from .checkpoints import (
     load_trained,
     load_trained_weights,
@@ -49,5 +57,6 @@ __all__ = [
     "save_overlays",
     "save_trained",
     "save_training_curves",
+    "verify_data_files",
     "write_run_file",
 ]

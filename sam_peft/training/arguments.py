@@ -3,6 +3,7 @@ file, with command-line values overriding it (`recipes/train.py config.yaml --le
 
 from __future__ import annotations
 
+import argparse
 import sys
 from argparse import Namespace
 from collections.abc import Callable
@@ -19,9 +20,11 @@ METHODS = ("conv_lora", "lora", "cad", "decoder_only")
 FROZEN_ENCODER_METHODS = ("cad", "decoder_only")
 # metrics for which lower is better; every other metric is "higher is better"
 LOWER_IS_BETTER = frozenset({"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss"})
-# the data sources, each named by its keys; data_dir completes a benchmark
+# the data sources, each named by its keys; data_dir completes a benchmark, the columns a Hub dataset
 DATA_SOURCES = (("benchmark",), ("image_dir", "mask_dir"), ("hub_dataset",))
 DATA_SOURCE_KEYS = frozenset(key for keys in DATA_SOURCES for key in keys)
+# what a data source given on the command line replaces of the YAML's
+DATA_SOURCE_GROUP = DATA_SOURCE_KEYS | {"data_dir", "image_column", "target_column"}
 # command-line strings that mean None for a field that admits it, as in YAML
 NULL_STRINGS = frozenset({"null", "none", "None"})
 # what each checked field type expects, in error messages
@@ -108,7 +111,14 @@ class DataArguments:
     image_dir: str | None = field(default=None, metadata={"help": "Custom data: folder of images."})
     mask_dir: str | None = field(default=None, metadata={"help": "Custom data: folder of masks (matched by stem)."})
     hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset id (columns image, mask/label)."})
-    validation_fraction: float = field(default=0.2, metadata={"help": "Custom folders: share carved for validation."})
+    image_column: str | None = field(default=None, metadata={"help": "Hub dataset: its image column (default image)."})
+    target_column: str | None = field(
+        default=None, metadata={"help": "Hub dataset: its mask column (default mask, or label for K classes)."}
+    )
+    validation_fraction: float = field(
+        default=0.2,
+        metadata={"help": "Custom folders, and Hub datasets without a validation split: share of train carved off."},
+    )
     eval_split: str = field(default="validation", metadata={"help": "Split evaluated each epoch."})
     image_size: int | None = field(default=None, metadata={"help": "SAM input size; default: the model's."})
     hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
@@ -143,6 +153,12 @@ class DataArguments:
             raise ValueError(
                 f"More than one data source: {named}; name one of benchmark (with data_dir), image_dir and mask_dir, "
                 "or hub_dataset."
+            )
+        hub_only = [key for key in ("image_column", "target_column") if getattr(self, key) is not None]
+        if hub_only and self.hub_dataset is None:
+            raise ValueError(
+                f"{' and '.join(hub_only)} {'applies' if len(hub_only) == 1 else 'apply'} to hub_dataset only; "
+                "folders and benchmarks have no columns."
             )
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"hflip must be in [0, 1], got {self.hflip}")
@@ -234,10 +250,16 @@ def _null_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _command_line_values(classes: tuple[type, ...], argv: list[str], defaults: dict) -> dict:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`--help` with each option's default, and the recipe's docstring as written."""
+
+
+def _command_line_values(
+    classes: tuple[type, ...], argv: list[str], defaults: dict, description: str | None, usage: str | None
+) -> dict:
     """The fields that `argv` gives (`--key value`, `--key=value`, `--key-name value`, ...), by name, parsed by an
-    `HfArgumentParser` of `classes` whose `--help` shows `defaults`."""
-    parser = HfArgumentParser(classes)
+    `HfArgumentParser` of `classes` whose `--help` shows `usage`, `description` and `defaults`."""
+    parser = HfArgumentParser(classes, description=description, usage=usage, formatter_class=_HelpFormatter)
     parser.set_defaults(**defaults)
     hints = {name: hint for cls in classes for name, hint in get_type_hints(cls).items()}
     for action in parser._actions:  # argparse has no public list of its actions
@@ -256,6 +278,8 @@ def parse_config(
     argv: list[str] | None = None,
     structured_keys: tuple[str, ...] = (),
     replaced_together: tuple[tuple[frozenset[str], frozenset[str]], ...] = (),
+    description: str | None = None,
+    usage: str | None = None,
 ) -> tuple[tuple, dict]:
     """`[config.yaml] [--key value ...]` into instances of the dataclasses `classes`: the YAML's values,
     overridden by the command line, where `null`, `none` and `None` give None to fields that admit it. Every
@@ -268,6 +292,8 @@ def parse_config(
     every key of `group` are dropped, so that the command line replaces the group as a whole (`parse_args`: a data
     source given on the command line replaces the YAML's source).
 
+    `description` and `usage` (the recipe's docstring and command line) head `--help`.
+
     Raises:
         ValueError: naming any key of the YAML file that is neither a field of `classes` nor a structured key, any
             command-line argument that is not an option, or a field of the wrong type.
@@ -279,7 +305,7 @@ def parse_config(
         known = {name for cls in classes for name in cls.__dataclass_fields__} | set(structured_keys)
         values = _read_config(Path(argv.pop(0)), known)
     structured = {key: values.pop(key) for key in structured_keys if key in values}
-    given = _command_line_values(classes, argv, values)
+    given = _command_line_values(classes, argv, values, description, usage)
     for keys, group in replaced_together:
         if keys & given.keys():
             values = {key: value for key, value in values.items() if key not in group}
@@ -292,9 +318,11 @@ def parse_config(
     return instances, structured
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+def parse_args(
+    argv: list[str] | None = None, description: str | None = None, usage: str | None = None
+) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`). A data source given on the
-    command line (benchmark, image_dir, mask_dir or hub_dataset) replaces the YAML's source and its data_dir;
+    command line (benchmark, image_dir, mask_dir or hub_dataset) replaces the YAML's source, its data_dir and columns;
     `--data_dir` alone completes the YAML's benchmark. A local `base_model` folder (or one `random_base` creates)
     becomes an absolute path.
 
@@ -304,8 +332,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             encoder.
         FileNotFoundError: when the YAML file does not exist.
     """
-    source = (DATA_SOURCE_KEYS, DATA_SOURCE_KEYS | {"data_dir"})
-    (model_args, data_args, train_args), _ = parse_config(ARGUMENT_CLASSES, argv, replaced_together=(source,))
+    source = (DATA_SOURCE_KEYS, DATA_SOURCE_GROUP)
+    (model_args, data_args, train_args), _ = parse_config(
+        ARGUMENT_CLASSES, argv, replaced_together=(source,), description=description, usage=usage
+    )
     if data_args.cache_embeddings and model_args.method not in FROZEN_ENCODER_METHODS:
         raise ValueError(
             "cache_embeddings needs a method that keeps the image encoder frozen "

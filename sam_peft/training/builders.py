@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from huggingface_hub import constants
 from peft import LoraConfig, get_peft_model
 
@@ -98,7 +98,10 @@ def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
             args.image_dir, args.mask_dir, num_labels=num_labels, validation_fraction=args.validation_fraction
         )
     if args.hub_dataset is not None:
-        return load_hub(args.hub_dataset, num_labels=num_labels)
+        columns = {"image_column": args.image_column or "image", "target_column": args.target_column}
+        return load_hub(
+            args.hub_dataset, num_labels=num_labels, validation_fraction=args.validation_fraction, **columns
+        )
     raise ValueError("No data: set benchmark (and data_dir), image_dir and mask_dir, or hub_dataset.")
 
 
@@ -124,9 +127,19 @@ def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: 
         if limit is not None:
             data[split] = data[split].select(range(min(limit, len(data[split]))))
     data = DatasetDict({"train": data["train"], args.eval_split: data[args.eval_split]})
+    verify_data_files(args, data)
+    return data, prepare_for_sam(data, image_size, augmentation=Augmentation(hflip=args.hflip))
+
+
+def verify_data_files(args: DataArguments, data: Dataset | DatasetDict) -> None:
+    """Checks every file of `data` loaded from the source `args` names, when it is a benchmark or image / mask
+    folders (`sam_peft.data.verify_dataset`); Hub and synthetic data hold no files to check.
+
+    Raises:
+        DataFileError: one error listing every bad file with its reason.
+    """
     if args.benchmark not in (None, "synthetic") or args.image_dir is not None:
         verify_dataset(data, desc="Checking data files")
-    return data, prepare_for_sam(data, image_size, augmentation=Augmentation(hflip=args.hflip))
 
 
 def build_embedding_cache(args: DataArguments, model: torch.nn.Module, image_size: int) -> EmbeddingCache | None:
