@@ -22,7 +22,8 @@ class ConvLoraConfig(SamPeftConfigMixin, PeftConfig):
     Conv-LoRA is LoRA on the vision encoder's fused qkv projection with a mixture of convolutional experts inside
     the low-rank bottleneck: `out = W x + (alpha / r) * B(z + sum_i G_i E_i(z))`, `z = A(x)`, where `E_i` resizes
     `z` by the integer scale `s_i`, applies a 3x3 convolution and GELU, and resizes back, and `G` is a noisy top-k
-    gate over the spatial mean of `z`. The defaults reproduce the paper and its official code.
+    gate over the spatial mean of `z`. The defaults reproduce the official code (AutoGluon's `ConvLoRALinear`) and
+    the paper, but for the paper's multi-class balance-loss weight (see `moe_loss_weight`).
 
     Args:
         r: Rank of the bottleneck (the experts work on `r` channels).
@@ -31,11 +32,18 @@ class ConvLoraConfig(SamPeftConfigMixin, PeftConfig):
         num_experts: Number of convolutional experts M.
         expert_scales: Integer resize factor of each expert; defaults to `1..num_experts`. A scale of 1 skips the
             resizes.
-        top_k: Experts each sample (window) is routed to. With 1 the kept gate value is exactly 1.
+        top_k: Experts each sample (window) is routed to. 1 is the official setting (fixed there): the kept gate
+            value is exactly 1 and the gate learns only through the balance loss. `top_k > 1` is sam-peft's
+            extension, mixing the chosen experts by their gate values, `sum_i G_i E_i(z)`. The official combine
+            (`SparseDispatcher.combine`, called with `multiply_by_gates=False`) is not that: it ignores the gate
+            values and returns `log(sum_i exp(E_i(z)))` over the chosen experts, which for one expert is `E_i(z)`
+            up to rounding but overflows to inf where an output exceeds about 88.7 in float32.
         noisy_gating: Add learned Gaussian noise to the gate logits in training (Shazeer et al. 2017).
         balance_loss_coef: Factor of each layer's load-balancing loss `coef * (cv^2(importance) + cv^2(load))`.
         moe_loss_weight: Weight of `sam_peft.auxiliary_loss(model)` in the training loss, read by sam-peft's
-            models and recipes (the paper: 1.0 for binary, 2.0 for multi-class tasks).
+            models and recipes. The paper weights it 1.0 for binary and 2.0 for multi-class tasks; the official
+            code adds the blocks' summed balance loss to the task loss with weight 1 in both cases, which the
+            default 1.0 matches.
         target_modules: Module names (list, suffix match) or one regex (full match) to adapt. Defaults to every
             vision block's `attn.qkv` of SAM.
         exclude_modules: Module names or regex to leave out.

@@ -13,6 +13,9 @@ SAM_ADAPTER = "SAM_ADAPTER"
 # Every vision block of transformers' SamModel / SamHQModel (full match: not the blocks' submodules).
 SAM_BLOCK_TARGET = r"vision_encoder\.layers\.\d+"
 
+# How the embedding feature reads the patch embeddings; see `SamAdapterConfig.embedding_feature`.
+EMBEDDING_FEATURES = ("paper", "official")
+
 
 @dataclass
 class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
@@ -24,7 +27,9 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
 
     - hand-crafted feature: the FFT high-pass magnitude of the encoder's input `pixel_values` (the same high-pass
       as CAD's), patch-embedded by `Conv2d(3, d, patch, stride=patch)` -> (B, h, w, d);
-    - embedding feature: `Linear(C, d)` on the patch embeddings (before the position embedding) -> (B, h, w, d);
+    - embedding feature: `Linear(C, d)` on the patch embeddings (before the position embedding) -> (B, h, w, d),
+      each token's C channels as the paper describes (`embedding_feature="paper"`, the default), or the official
+      code's reading of the same tensor (`"official"`, see Args); the rest is the same for both;
     - before block i: `x = x + shared(GELU(mlp_i(handcrafted + embedding)))`, `mlp_i = Linear(d, d)` per block and
       `shared = Linear(d, C)` common to all blocks.
 
@@ -37,6 +42,13 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
     Args:
         scale_factor: `d = hidden_size // scale_factor` (the official code: 32).
         high_pass_ratio: Share of the spectrum's area removed by the high-pass (the official code: 0.25).
+        embedding_feature: What `Linear(C, d)` of the embedding feature reads. `"paper"` (default): each token's C
+            channels of the channels-last patch embeddings (B, h, w, C). `"official"`: the official code's
+            computation, which reshapes that channels-last tensor as if it were channels-first, (B, C, h * w), and
+            transposes it to (B, h * w, C); row j of an image then holds the entries j, j + h w, j + 2 h w, ... of
+            its (h, w, C)-ordered flattening, channels and positions mixed. Its output rows are read as the tokens
+            in row-major order. The official checkpoints were trained this way: choose it to reproduce the official
+            code or to run weights trained with it.
         target_modules: Vision blocks that get a prompt (one regex, full match, or a list of names). Defaults to
             every block of SAM's vision encoder. The patch embedding of their encoder is adapted with them.
         exclude_modules: Module names or regex to leave out.
@@ -47,6 +59,13 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
 
     scale_factor: int = field(default=32, metadata={"help": "Prompt width = hidden_size // scale_factor."})
     high_pass_ratio: float = field(default=0.25, metadata={"help": "Share of the spectrum removed by the high-pass."})
+    embedding_feature: str = field(
+        default="paper",
+        metadata={
+            "help": "Input of the embedding feature's Linear(C, d): 'paper' (each token's channels) or 'official' "
+            "(the official code's channels-first reshape of the channels-last patch embeddings)."
+        },
+    )
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Vision blocks to prompt (list of names or one regex); default: all."}
     )
@@ -72,3 +91,8 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
             raise ValueError(f"SamAdapterConfig.scale_factor must be a positive integer, got {self.scale_factor!r}.")
         if not 0.0 < self.high_pass_ratio < 1.0:
             raise ValueError(f"SamAdapterConfig.high_pass_ratio must be in (0, 1), got {self.high_pass_ratio!r}.")
+        if self.embedding_feature not in EMBEDDING_FEATURES:
+            allowed = ", ".join(repr(value) for value in EMBEDDING_FEATURES)
+            raise ValueError(
+                f"SamAdapterConfig.embedding_feature must be one of {allowed}, got {self.embedding_feature!r}."
+            )

@@ -63,12 +63,14 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
     """SAM's patch embedding, publishing each active adapter's prompt features for the blocks.
 
     `features = Linear(C, d)(patches) + Conv2d(3, d, p, stride=p)(high_pass(pixel_values))`, (B, h, w, d), where
-    `patches` (B, h, w, C) is the patch embedding's output, returned unchanged. Owns, per adapter, the embedding
-    tuning, the hand-crafted tuning and the `Linear(d, C)` shared by all blocks.
+    `patches` (B, h, w, C) is the patch embedding's output, returned unchanged. With the adapter's
+    `embedding_feature="official"`, `Linear(C, d)` reads `patches` reshaped to (B, C, h * w) and transposed, as the
+    official code does (see `embedding_feature`). Owns, per adapter, the embedding tuning, the hand-crafted tuning
+    and the `Linear(d, C)` shared by all blocks.
     """
 
     adapter_layer_names = ("sam_adapter_embedding", "sam_adapter_handcrafted", "sam_adapter_shared")
-    other_param_names = ("sam_adapter_ratio",)
+    other_param_names = ("sam_adapter_ratio", "sam_adapter_embedding_feature")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: SamAdapterConfig) -> None:
         super().__init__()
@@ -80,6 +82,7 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
         self.sam_adapter_handcrafted = nn.ModuleDict({})
         self.sam_adapter_shared = nn.ModuleDict({})
         self.sam_adapter_ratio: dict[str, float] = {}
+        self.sam_adapter_embedding_feature: dict[str, str] = {}
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -104,6 +107,7 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
         self.sam_adapter_handcrafted[adapter_name] = handcrafted
         self.sam_adapter_shared[adapter_name] = _init_linear(nn.Linear(size, self.hidden_size))
         self.sam_adapter_ratio[adapter_name] = config.high_pass_ratio
+        self.sam_adapter_embedding_feature[adapter_name] = config.embedding_feature
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
@@ -115,9 +119,25 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
             images = pixel_values.to(embedding.weight.dtype)
             high = high_pass_magnitude(images, self.sam_adapter_ratio[name])
             handcrafted = self.sam_adapter_handcrafted[name](high).permute(0, 2, 3, 1)  # (B, h, w, d)
-            features = embedding(patches.to(embedding.weight.dtype)) + handcrafted
+            features = self.embedding_feature(name, patches.to(embedding.weight.dtype)) + handcrafted
             self.prompt_features.entries[name] = (features, self.sam_adapter_shared[name])
         return patches
+
+    def embedding_feature(self, adapter_name: str, patches: torch.Tensor) -> torch.Tensor:
+        """Adapter `adapter_name`'s embedding feature of patches (B, h, w, C) -> (B, h, w, d).
+
+        `"paper"`: `Linear(C, d)` on each token's channels. `"official"`: on the rows of
+        `patches.reshape(B, C, h * w).transpose(1, 2)` (B, h * w, C), whose rows mix positions and channels, read
+        back as the tokens in row-major order.
+        """
+        embedding = self.sam_adapter_embedding[adapter_name]
+        if self.sam_adapter_embedding_feature[adapter_name] == "paper":
+            return embedding(patches)
+        batch, height, width, channels = patches.shape
+        # contiguous: on this strided view, matmul picks its kernel (and rounding) by whether the weight requires
+        # grad, so a trained and a reloaded adapter would differ in the last bits
+        mixed = patches.reshape(batch, channels, height * width).transpose(1, 2).contiguous()  # (B, h * w, C)
+        return embedding(mixed).reshape(batch, height, width, -1)
 
     def __repr__(self) -> str:
         return "sam_adapter." + super().__repr__()
