@@ -58,6 +58,10 @@ class ContinualArguments:
         default=None, metadata={"help": "Adapted blocks; default: the last five (7..11 on ViT-B)."}
     )
     prompt_augmentation: bool = field(default=True, metadata={"help": "Inject point-prompt heat maps."})
+    prompt_layout: str = field(
+        default="positional",
+        metadata={"help": "SLoRA prompt layout: positional (each token its own position's) or official (SAMCL's)."},
+    )
     feature_block: int | None = field(default=None, metadata={"help": "Selector's block; default: before the first."})
     entries_per_domain: int = field(default=300, metadata={"help": "Buffer entries per domain."})
     selector_epochs: int = field(default=25, metadata={"help": "Selector epochs after each domain."})
@@ -150,7 +154,10 @@ def main() -> None:
     sam = SamModel.from_pretrained(args.base_model).to(device)
     image_size = args.image_size or sam.config.vision_config.image_size
     module_config = SloraConfig(
-        r=args.r, layers_to_transform=args.layers_to_transform, prompt_augmentation=args.prompt_augmentation
+        r=args.r,
+        layers_to_transform=args.layers_to_transform,
+        prompt_augmentation=args.prompt_augmentation,
+        prompt_layout=args.prompt_layout,
     )
     continual = ContinualSam(
         sam,

@@ -84,10 +84,11 @@ def test_heat_map_marks_the_cell_of_each_positive_point_row_y_column_x():
     heat = points_to_heat_map(POINTS[:1, :, :1], LABELS[:1, :, :1], INPUT, GRID)  # the point (x 40, y 70)
     assert heat.shape == (1, GRID, GRID) and heat.dtype == torch.float32
     assert divmod(int(heat[0].argmax()), GRID) == (70 // 8, 40 // 8)  # (row 8, column 5)
-    # away from the border the blurred impulse is the outer product of the 1-D kernel
+    # away from the border the blurred impulse is the outer product of the 1-D kernel, times the official code's 255
+    # (`heatmap * 255` in SAMCL's utils.py; its modules are trained on that scale)
     kernel = gaussian_kernel_1d()
     expected = torch.zeros(GRID, GRID)
-    expected[4:13, 1:10] = torch.outer(kernel, kernel)
+    expected[4:13, 1:10] = 255 * torch.outer(kernel, kernel)
     torch.testing.assert_close(heat[0], expected)
     assert torch.equal(kernel * 256, torch.tensor([4.0, 13, 30, 51, 60, 51, 30, 13, 4])) and kernel.sum() == 1
     # the table is close to a Gaussian sampled with OpenCV's nominal sigma for size 9, 0.3 * (4 - 1) + 0.8 = 1.7

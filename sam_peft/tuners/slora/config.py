@@ -18,6 +18,9 @@ SAM_ATTENTION_TARGET = r"vision_encoder\.layers\.\d+\.attn"
 # ViT-B (12 blocks), 19..23 on ViT-L and 27..31 on ViT-H.
 DEFAULT_NUM_ADAPTED_BLOCKS = 5
 
+# Where the prompt features H meet the tokens (`SloraConfig.prompt_layout`).
+PROMPT_LAYOUTS = ("positional", "official")
+
 
 def default_adapted_blocks(num_blocks: int) -> list[int]:
     """The blocks an SLoRA module adapts when `layers_to_transform` is unset: the last five (7..11 on ViT-B)."""
@@ -36,9 +39,10 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
     `A = Linear(C, r)` (with bias) is one module shared by every adapted block and saved once per adapter; each block
     has its own `B = Linear(r, C)` (with bias) and LayerNorms `LN1`, `LN2` of width r. With `prompt_augmentation`,
     the positive point prompts of an image become a heat map on the embedding grid (`points_to_heat_map`: 1 at each
-    point's cell, blurred with OpenCV's 9 x 9 Gaussian), repeated to r channels, and `H = ReLU(LN(Linear(r, r)(heat)))`
-    (one projection per adapter); the neck becomes `neck(x + Linear(r, C)(H)) + Linear(r, 256)(H)`. In windowed blocks
-    H is cut into the same windows as the tokens. Without points the heat map is zeros.
+    point's cell, blurred with OpenCV's 9 x 9 Gaussian, times 255 as in the official code), repeated to r channels,
+    and `H = ReLU(LN(Linear(r, r)(heat)))` (one projection per adapter); the neck becomes
+    `neck(x + Linear(r, C)(H)) + Linear(r, 256)(H)`. `prompt_layout` says where H meets the tokens. Without points
+    the heat map is zeros.
 
     Initialisation: A Kaiming-uniform (a = sqrt(5)) with zero bias, B and both neck projections zero (a fresh adapter
     leaves the model unchanged), the heat-map projection PyTorch's default, LayerNorms ones and zeros. On ViT-B with
@@ -49,6 +53,13 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
         r: Rank (width of the bottleneck and of the prompt features). The paper: 10.
         prompt_augmentation: Add the prompt features H in the blocks and at the neck. Without it, SLoRA is the
             shared-A LoRA alone and the neck is left as it is.
+        prompt_layout: Where H (B, g, g, r) meets the tokens. "positional" (default, paper-faithful): every token gets
+            H at its own grid position, in global blocks, at the neck and in windowed blocks, where H is cut
+            into the tokens' windows (zero-padded like them). "official": the authors' computation (SAMCL
+            `module/SAMCL.py`), to reproduce their modules exactly: in windowed blocks H is resized to one window
+            (nearest neighbour) and that same (window, window) map is added in every window of the image; global
+            blocks use H as it is; at the neck H is transposed (the token at row i, column j gets H[j, i]). The
+            official code hard-codes SAM's window (14); here it is each block's own window size.
         target_modules: Attention modules to adapt (one regex, full match, or a list of names). Defaults to the
             attention of SAM's vision blocks.
         exclude_modules: Module names or regex to leave out.
@@ -80,6 +91,14 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained and saved in full besides the adapter."}
     )
+    prompt_layout: str = field(
+        default="positional",
+        metadata={
+            "help": "Where the prompt features meet the tokens: 'positional' (each token gets its own position's, "
+            "the default) or 'official' (the SAMCL code's: resized to one window and repeated in windowed blocks, "
+            "transposed at the neck)."
+        },
+    )
     init_weights: bool = field(default=True, metadata={"help": "Zero-initialise B and the neck projections."})
 
     def __post_init__(self) -> None:
@@ -99,6 +118,11 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
         if not isinstance(self.prompt_augmentation, bool):
             raise ValueError(
                 f"SloraConfig.prompt_augmentation must be True or False, got {self.prompt_augmentation!r}."
+            )
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ValueError(
+                f"SloraConfig.prompt_layout must be one of {', '.join(map(repr, PROMPT_LAYOUTS))}, got "
+                f"{self.prompt_layout!r}."
             )
         layers = self.layers_to_transform
         if layers is None:

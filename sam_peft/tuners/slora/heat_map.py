@@ -1,7 +1,8 @@
 """Point prompts as a heat map on SAM's image-embedding grid, the input of SLoRA's prompt augmentation.
 
 Each positive point marks the cell of the embedding grid it falls in (row = y, column = x, as the tokens are laid
-out), and the map is blurred as `cv2.GaussianBlur(map, (9, 9), 0)` blurs it. Everything runs in torch.
+out), the map is blurred as `cv2.GaussianBlur(map, (9, 9), 0)` blurs it and multiplied by 255, as the official
+SAMCL code does (`utils.py`, `generate_heatmap`). Everything runs in torch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import torch.nn.functional as F
 # (`0.3 * ((9 - 1) / 2 - 1) + 0.8 = 1.7` for 9): this one has a variance of 2.75 cells^2 (sigma 1.66). A kernel
 # sampled with sigma 1.7 would differ by up to 1e-3 on a unit impulse.
 OPENCV_GAUSSIAN_KERNEL_9 = (4, 13, 30, 51, 60, 51, 30, 13, 4)
+
+# The factor of the blurred map before the prompt branch in the official code (`heatmap * 255`): an isolated point
+# peaks at 255 * (60 / 256)^2 = 14.0 instead of 0.055. Trained modules expect it.
+OFFICIAL_HEAT_MAP_SCALE = 255.0
 
 
 def gaussian_kernel_1d(dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -48,14 +53,15 @@ def points_to_heat_map(
     input_labels: torch.Tensor | None,
     input_size: int,
     grid_size: int,
+    scale: float = OFFICIAL_HEAT_MAP_SCALE,
 ) -> torch.Tensor:
     """The heat map of each image's positive points on the embedding grid, (B, grid_size, grid_size), float32.
 
     A point (x, y) marks cell `(row, col) = (floor(y * grid / input_size), floor(x * grid / input_size))` with 1
     (clamped to the grid; several points in one cell still give 1), then the map is blurred by `gaussian_blur`
-    (OpenCV's 9 x 9 Gaussian). Only points labelled 1 count: negative points (0), background (-1) and padding
-    (-10) leave no mark. All point batches of an image go into its one map, since the image encoder runs once per
-    image.
+    (OpenCV's 9 x 9 Gaussian) and multiplied by `scale`, in float64 as OpenCV and NumPy compute it. Only points
+    labelled 1 count: negative points (0), background (-1) and padding (-10) leave no mark. All point batches of an
+    image go into its one map, since the image encoder runs once per image.
 
     Args:
         input_points: `(B, point_batch, N, 2)` (or `(B, N, 2)`) points as (x, y) in the frame of the model's input,
@@ -64,6 +70,7 @@ def points_to_heat_map(
             treats missing labels.
         input_size: Side of the model's square input the points refer to (SAM's prompt encoder: 1024).
         grid_size: Side of the image-embedding grid (SAM: 64).
+        scale: Factor of the blurred map; the official code's 255 by default, which modules trained with it need.
     """
     if input_points.ndim == 3:
         input_points = input_points[:, None]
@@ -86,7 +93,7 @@ def points_to_heat_map(
     coordinates = input_points.reshape(batch_size, -1, 2).to(torch.float64)
     cells = torch.floor(coordinates * grid_size / input_size).long().clamp_(0, grid_size - 1)  # (B, P * N, 2)
     flat_index = cells[..., 1] * grid_size + cells[..., 0]  # row-major: row = y, column = x
-    positive = (input_labels.reshape(batch_size, -1) == 1).to(torch.float32)
-    impulses = torch.zeros(batch_size, grid_size * grid_size, device=input_points.device)
+    positive = (input_labels.reshape(batch_size, -1) == 1).to(torch.float64)
+    impulses = torch.zeros(batch_size, grid_size * grid_size, dtype=torch.float64, device=input_points.device)
     impulses = impulses.scatter_reduce(1, flat_index, positive, reduce="amax")
-    return gaussian_blur(impulses.view(batch_size, grid_size, grid_size))
+    return (gaussian_blur(impulses.view(batch_size, grid_size, grid_size)) * scale).to(torch.float32)

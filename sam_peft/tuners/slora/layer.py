@@ -134,13 +134,13 @@ class SloraAttention(BaseLayerAttributes, SloraLayer):
     """The attention module of a vision block with SLoRA: `attn(x) + sum_a B_a(LN1_a(A_a(x)) + LN2_a(H_a))`.
 
     x is the attention's channels-last input (N, h, w, C): the whole grid in global blocks, windows of it in windowed
-    ones. A_a is the adapter's shared down-projection and H_a its prompt features (B, g, g, r), cut into windows
-    with the block's own `window_partition`, zero-padded like the tokens, so each token gets the features of its
-    own position. Owns, per adapter, `B` (`Linear(r, C)`), `LN1` and (with prompt augmentation) `LN2`.
+    ones. A_a is the adapter's shared down-projection and H_a its prompt features (B, g, g, r), placed on the tokens
+    by `features_at_tokens` as the adapter's `prompt_layout` says. Owns, per adapter, `B` (`Linear(r, C)`), `LN1`
+    and (with prompt augmentation) `LN2`.
     """
 
     adapter_layer_names = ("slora_B", "slora_norm_A", "slora_norm_prompt")
-    other_param_names = ()
+    other_param_names = ("slora_prompt_layout",)
 
     def __init__(
         self,
@@ -160,6 +160,7 @@ class SloraAttention(BaseLayerAttributes, SloraLayer):
         self.slora_B = nn.ModuleDict({})
         self.slora_norm_A = nn.ModuleDict({})
         self.slora_norm_prompt = nn.ModuleDict({})
+        self.slora_prompt_layout: dict[str, str] = {}
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -175,11 +176,20 @@ class SloraAttention(BaseLayerAttributes, SloraLayer):
         self.slora_norm_A[adapter_name] = nn.LayerNorm(config.r)
         if config.prompt_augmentation:
             self.slora_norm_prompt[adapter_name] = nn.LayerNorm(config.r)
+            self.slora_prompt_layout[adapter_name] = config.prompt_layout
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
-    def features_at_tokens(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Prompt features (B_heat, g, g, r) at the positions of `tokens` (N, h, w, C), as (N, h, w, r)."""
+    def features_at_tokens(
+        self, features: torch.Tensor, tokens: torch.Tensor, layout: str = "positional"
+    ) -> torch.Tensor:
+        """Prompt features (B_heat, g, g, r) placed on `tokens` (N, h, w, C), as (N, h, w, r).
+
+        Global blocks: the features as they are. Windowed blocks, "positional" layout: cut into windows with the
+        block's own `window_partition`, zero-padded like the tokens, so each token gets its own position's.
+        "official" layout: resized to (window, window) (nearest neighbour, `F.interpolate`'s default) and that one
+        map given to every window of the image, as the SAMCL code does.
+        """
         count, height, width = tokens.shape[:3]
         grid = features.shape[1]
         if self.window_size > 0:
@@ -195,9 +205,13 @@ class SloraAttention(BaseLayerAttributes, SloraLayer):
                 f"{tuple(tokens.shape[:3])} (window size {self.window_size}): the heat map must be on the embedding "
                 "grid with a batch of 1 or one map per image."
             )
-        features = features.expand(batch_size, -1, -1, -1)
-        if self.window_size > 0:
-            features, _ = self.partition_windows(features, self.window_size)
+        if self.window_size == 0:
+            return features.expand(batch_size, -1, -1, -1)
+        if layout == "official":
+            size = (self.window_size, self.window_size)
+            resized = F.interpolate(features.permute(0, 3, 1, 2), size=size, mode="nearest").permute(0, 2, 3, 1)
+            return resized.expand(batch_size, -1, -1, -1).repeat_interleave(windows_per_image, dim=0)
+        features, _ = self.partition_windows(features.expand(batch_size, -1, -1, -1), self.window_size)
         return features
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -211,7 +225,8 @@ class SloraAttention(BaseLayerAttributes, SloraLayer):
             down = self.shared_state.down[name]
             bottleneck = self.slora_norm_A[name](down(hidden_states.to(down.weight.dtype)))  # (N, h, w, r)
             if name in self.slora_norm_prompt:
-                features = self.features_at_tokens(self.shared_state.prompt_features(name), hidden_states)
+                features = self.shared_state.prompt_features(name)
+                features = self.features_at_tokens(features, hidden_states, self.slora_prompt_layout[name])
                 bottleneck = bottleneck + self.slora_norm_prompt[name](features)
             output = self.slora_B[name](bottleneck)  # (N, h, w, C)
             update = output if update is None else update + output
@@ -226,12 +241,13 @@ class SloraNeck(BaseLayerAttributes, SloraLayer):
     """SAM's vision neck with SLoRA's prompt features: `neck(x + sum_a In_a(H_a)) + sum_a Out_a(H_a)`.
 
     x is the last block's output (B, g, g, C), the neck's output (B, C_out, g, g) channels-first; H_a (B, g, g, r)
-    are the adapter's prompt features. Owns, per adapter with prompt augmentation, `In = Linear(r, C)` and
+    are the adapter's prompt features, transposed (`H_a[:, j, i]` at row i, column j) with the "official"
+    `prompt_layout`, as the SAMCL code adds them. Owns, per adapter with prompt augmentation, `In = Linear(r, C)` and
     `Out = Linear(r, C_out)`, both zero-initialised.
     """
 
     adapter_layer_names = ("slora_neck_input", "slora_neck_output")
-    other_param_names = ()
+    other_param_names = ("slora_prompt_layout",)
 
     def __init__(
         self, base_layer: nn.Module, adapter_name: str, config: SloraConfig, shared_state: SloraSharedState
@@ -242,6 +258,7 @@ class SloraNeck(BaseLayerAttributes, SloraLayer):
         self.out_features = base_layer.conv2.out_channels
         self.slora_neck_input = nn.ModuleDict({})
         self.slora_neck_output = nn.ModuleDict({})
+        self.slora_prompt_layout: dict[str, str] = {}
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -253,6 +270,7 @@ class SloraNeck(BaseLayerAttributes, SloraLayer):
         self.slora_neck_output[adapter_name] = _zero_or_default(
             nn.Linear(config.r, self.out_features), config.init_weights
         )
+        self.slora_prompt_layout[adapter_name] = config.prompt_layout
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
@@ -261,6 +279,9 @@ class SloraNeck(BaseLayerAttributes, SloraLayer):
         if not adapters:
             return self.base_layer(hidden_states, *args, **kwargs)
         features = {name: self.shared_state.prompt_features(name) for name in adapters}
+        for name in adapters:
+            if self.slora_prompt_layout[name] == "official":
+                features[name] = features[name].transpose(1, 2)
         for feature in features.values():
             if feature.shape[1:3] != hidden_states.shape[1:3] or feature.shape[0] not in (1, hidden_states.shape[0]):
                 raise ValueError(
