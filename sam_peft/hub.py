@@ -114,7 +114,10 @@ def adapter_model_card(
     non-default `num_mask_tokens` go into the snippet) or transformers' `SamModel` / `SamHQModel` (prompted).
     """
     method_name, method_description = METHODS.get(peft_type, (peft_type, f"A `{peft_type}` adapter."))
-    task = "binary segmentation" if num_labels == 1 else f"{num_labels}-class semantic segmentation"
+    if base_class != "SamForSemanticSegmentation":
+        task = "promptable segmentation (points and boxes)"
+    else:
+        task = "binary segmentation" if num_labels == 1 else f"{num_labels}-class semantic segmentation"
     eval_results = [
         EvalResult(
             task_type="image-segmentation",
