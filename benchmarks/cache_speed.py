@@ -32,10 +32,10 @@ from peft import get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from sam_peft._registration import register_tuner
-from sam_peft.data.embedding_cache import EmbeddingCache
 from sam_peft.data.synthetic import binary_samples
 from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, sam_config
 from sam_peft.modeling.random_sam import init_vision_weights_
+from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.cad import CAD, CadConfig, CadModel
 from sam_peft.tuners.cad.config import IMAGENET_MEAN, IMAGENET_STD
 

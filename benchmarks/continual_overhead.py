@@ -54,7 +54,8 @@ from _common import run_record
 from safetensors import safe_open
 
 from sam_peft import random_sam
-from sam_peft.continual import ContinualSam, EmbeddingBuffer, encoder_prefix, image_bytes
+from sam_peft.continual import ContinualSam, EmbeddingBuffer, image_bytes
+from sam_peft.modeling import encoder_prefix
 from sam_peft.tuners.slora import SloraConfig
 
 GOAL_RATIO = 1.05  # routing overhead at most 5 % of a plain forward (issue #8)

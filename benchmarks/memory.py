@@ -41,9 +41,9 @@ from _common import run_record
 from peft import LoraConfig, get_peft_model
 
 from sam_peft._registration import register_tuner
-from sam_peft.data.embedding_cache import EmbeddingCache
 from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, sam_config
 from sam_peft.modeling.random_sam import init_vision_weights_
+from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.cad import CAD, CadConfig, CadModel
 from sam_peft.tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
 from sam_peft.tuners.sam_adapter import SAM_ADAPTER, SamAdapterConfig, SamAdapterModel

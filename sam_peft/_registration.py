@@ -36,12 +36,8 @@ def register_tuner(peft_type: str, config_cls: type[PeftConfig], model_cls: type
 
 
 def register_all() -> None:
-    """Register every sam-peft tuner type, and the model card writer of their plain `save_pretrained`."""
-    from .hub import write_card_on_save
-    from .tuners.base import CONFIG_SAVE_HOOKS
-
-    if write_card_on_save not in CONFIG_SAVE_HOOKS:
-        CONFIG_SAVE_HOOKS.append(write_card_on_save)
+    """Register every sam-peft tuner type. (`sam_peft`'s `__init__` also hooks the model card writer of their plain
+    `save_pretrained` in: the hub layer is above this one.)"""
     from .tuners.cad import CAD, CadConfig, CadModel
     from .tuners.conv_lora import CONV_LORA, ConvLoraConfig, ConvLoraModel
     from .tuners.sam_adapter import SAM_ADAPTER, SamAdapterConfig, SamAdapterModel

@@ -1,4 +1,7 @@
-"""CAD as a PEFT method: the adapter against the spec, no encoder autograd, the PEFT contract, counts, errors."""
+"""CAD as a PEFT method: the adapter against the spec, no encoder autograd, counts, training, errors.
+
+The PEFT contract (adapters, saving and loading with the BatchNorm statistics, disabling, unloading, merging,
+checkpointing, bfloat16) is checked for every tuner in tests/test_peft_contract.py."""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from peft import LoraConfig, get_peft_model
 
 from sam_peft._registration import register_tuner
 from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, random_sam, sam_config
@@ -45,15 +47,6 @@ def tiny_semantic(seed: int = 0) -> SamForSemanticSegmentation:
 
 def masks(model, pixel_values, **prompts):
     return model(pixel_values=pixel_values, multimask_output=False, **prompts).pred_masks
-
-
-def trained(model: torch.nn.Module, pixel_values: torch.Tensor, steps: int = 2) -> torch.nn.Module:
-    """`steps` training-mode forwards, so the BatchNorm running statistics move away from their initial values."""
-    model.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            masks(model, pixel_values)
-    return model.eval()
 
 
 def test_paper_defaults_and_exact_count_on_meta():
@@ -241,88 +234,6 @@ def test_encoder_gets_no_gradient_and_keeps_no_activations(pixel_values):
     assert saved_bytes(lambda: lora(pixel_values=pixel_values, labels=labels)) > 1.5 * floor
 
 
-def test_save_load_is_exact_including_batchnorm_statistics(tmp_path, pixel_values):
-    model = trained(
-        get_peft_model(random_sam("tiny", seed=0), CadConfig(**TINY, modules_to_save=["mask_decoder"])), pixel_values
-    )
-    with torch.no_grad():
-        model.base_model.model.mask_decoder.modules_to_save["default"].iou_token.weight.add_(1.0)
-        expected = masks(model, pixel_values)
-    norm = model.base_model.model.vision_encoder.cad_adapter["default"].blocks[0].norm
-    assert norm.num_batches_tracked.item() == 2 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
-    model.save_pretrained(tmp_path)
-
-    saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert all(".default" not in key for key in saved)
-    prefix = "base_model.model.vision_encoder.cad_adapter.blocks.0.norm."
-    assert {prefix + name for name in ("running_mean", "running_var", "num_batches_tracked")} <= saved.keys()
-    adapter_count = sum(
-        t.numel() for k, t in saved.items() if "cad_adapter" in k and "running" not in k and "num_" not in k
-    )
-    assert adapter_count == TINY_COUNT
-
-    config = PeftConfig.from_pretrained(tmp_path)
-    assert isinstance(config, CadConfig) and (config.peft_type, config.image_size, config.channels) == ("CAD", 128, 32)
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), expected)
-    reloaded = loaded.state_dict()
-    original = {k: v for k, v in model.state_dict().items() if "cad_adapter" in k or "modules_to_save" in k}
-    assert original and all(torch.equal(v, reloaded[k]) for k, v in original.items())
-
-
-def test_several_adapters_set_disable_and_delete(tmp_path, pixel_values):
-    model = trained(get_peft_model(random_sam("tiny", seed=0), CadConfig(**TINY)), pixel_values)
-    with torch.no_grad():
-        first = masks(model, pixel_values)
-    model.add_adapter("other", CadConfig(image_size=64, channels=32, scale=0.5))
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)  # "default" still active
-        model.set_adapter("other")
-        second = masks(model, pixel_values)
-    assert not torch.allclose(first, second)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".other." in n for n in trainable)
-
-    model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path)
-    loaded.load_adapter(tmp_path / "other", adapter_name="other")
-    loaded.eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), first)
-        loaded.set_adapter("other")
-        assert torch.equal(masks(loaded, pixel_values), second)
-
-    base = random_sam("tiny", seed=0)
-    with torch.no_grad():
-        reference = masks(base, pixel_values)
-        with model.disable_adapter():
-            assert torch.equal(masks(model, pixel_values), reference)
-    model.set_adapter("default")
-    model.delete_adapter("other")
-    assert all("other" not in n for n, _ in model.named_parameters())
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)
-
-
-def test_unload_restores_the_encoder_and_merge_is_refused(pixel_values):
-    sam = random_sam("tiny", seed=0)
-    original = sam.vision_encoder
-    with torch.no_grad():
-        reference = masks(sam, pixel_values)
-    model = get_peft_model(sam, CadConfig(**TINY, modules_to_save=["mask_decoder"]))
-    for call in (model.merge_and_unload, model.merge_adapter, model.base_model.merge_adapter):
-        with pytest.raises(ValueError, match=r"CAD adapters cannot be merged.*nothing to merge"):
-            call()
-    with pytest.raises(ValueError, match="no weight to merge it into"):
-        model.base_model.model.vision_encoder.merge()
-    restored = model.unload()
-    assert restored.vision_encoder is original
-    assert not any("cad_" in n for n, _ in restored.named_parameters())
-    with torch.no_grad():
-        assert torch.equal(masks(restored, pixel_values), reference)
-
-
 def test_prompt_free_adapter_loads_on_a_promptable_sam(tmp_path, pixel_values):
     from sam_peft.modeling import load_encoder_adapter
 
@@ -341,6 +252,7 @@ def test_prompt_free_adapter_loads_on_a_promptable_sam(tmp_path, pixel_values):
 
 def test_wrapper_forwards_encoder_attributes_and_copies(pixel_values):
     model = get_peft_model(random_sam("tiny", seed=0), CadConfig(**TINY)).eval()
+    assert model.get_nb_trainable_parameters()[0] == TINY_COUNT
     encoder = model.base_model.model.vision_encoder
     assert encoder.config.output_channels == 32 and encoder.patch_embed is encoder.base_layer.patch_embed
     assert model.get_input_embeddings() is encoder.base_layer.patch_embed
@@ -376,8 +288,9 @@ def shapes_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_training_lowers_the_loss():
     pixel_values, labels = shapes_batch()
-    model = get_peft_model(tiny_semantic(), CadConfig(**TINY))  # adapter and decoder train
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    # adapter and decoder train (the adapter reads 64 px: half the time of a step at 128 px)
+    model = get_peft_model(tiny_semantic(), CadConfig(image_size=64, channels=32))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
 
     def evaluate() -> float:
         model.eval()
@@ -385,7 +298,7 @@ def test_training_lowers_the_loss():
             return model(pixel_values=pixel_values, labels=labels).loss.item()
 
     initial = evaluate()
-    for _ in range(30):
+    for _ in range(15):
         model.train()
         loss = model(pixel_values=pixel_values, labels=labels).loss
         optimizer.zero_grad()

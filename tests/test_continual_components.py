@@ -20,17 +20,14 @@ from sam_peft.continual import (
     EmbeddingBuffer,
     ModuleSelector,
     average_accuracy,
-    block_features,
     continual_metrics,
-    encoder_prefix,
-    encoder_suffix,
     forgetting,
     forward_transfer,
     image_bytes,
     save_accuracy_heatmap,
 )
 from sam_peft.data.synthetic import binary_samples
-from sam_peft.modeling import random_sam
+from sam_peft.modeling import block_features, encoder_prefix, encoder_suffix, random_sam
 
 TINY_WIDTH = 32  # hidden size of the tiny SAM's vision encoder
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

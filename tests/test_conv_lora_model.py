@@ -1,4 +1,7 @@
-"""Conv-LoRA as a PEFT method on transformers' SamModel: counts, the PEFT contract, prompts, precision."""
+"""Conv-LoRA as a PEFT method on transformers' SamModel: counts, the saved layout, prompts, precision.
+
+The PEFT contract (adapters, saving and loading, disabling, unloading, merging, checkpointing, bfloat16) is checked
+for every tuner in tests/test_peft_contract.py."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import io
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from transformers import SamHQConfig, SamHQModel
 
 from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam
@@ -111,91 +114,21 @@ def test_deepcopy_and_state_dict_after_forward(pixel_values):
     out.sum().backward()  # the original graph is intact
 
 
-def test_save_load_roundtrip_is_exact(tmp_path, pixel_values):
-    model = trained_copy(ConvLoraConfig(modules_to_save=["mask_decoder"]))
-    with torch.no_grad():
-        model.base_model.model.mask_decoder.modules_to_save["default"].iou_token.weight.add_(1.0)
-        expected = masks(model, pixel_values)
-    model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), expected)
-    original = {k: v for k, v in model.state_dict().items() if "conv_lora" in k or "modules_to_save" in k}
-    reloaded = loaded.state_dict()
-    assert original and all(torch.equal(v, reloaded[k]) for k, v in original.items())
-
-
-def test_saved_adapter_holds_only_adapter_weights(tmp_path):
-    from safetensors.torch import load_file
-
-    model = trained_copy(ConvLoraConfig())
-    model.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert sum(t.numel() for t in saved.values()) == model.get_nb_trainable_parameters()[0]
-    assert all(".default" not in k for k in saved)  # adapter-name independent keys
-    assert "base_model.model.vision_encoder.layers.0.attn.qkv.conv_lora_experts.weight" in saved
-
-
-def test_several_adapters_set_and_delete(tmp_path, pixel_values):
-    model = trained_copy(ConvLoraConfig())
-    with torch.no_grad():
-        first = masks(model, pixel_values)
-    model.add_adapter("other", ConvLoraConfig(r=2, num_experts=4, init_weights=False))
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)  # "default" still active
-        model.set_adapter("other")
-        second = masks(model, pixel_values)
-    assert not torch.allclose(first, second)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".other" in n for n in trainable)
-
-    model.save_pretrained(tmp_path)  # one subfolder per extra adapter
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path)
-    loaded.load_adapter(tmp_path / "other", adapter_name="other")
-    loaded.eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), first)
-        loaded.set_adapter("other")
-        assert torch.equal(masks(loaded, pixel_values), second)
-
-    model.set_adapter("default")
-    model.delete_adapter("other")
-    assert all("other" not in n for n, _ in model.named_parameters())
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)
-
-
-def test_disable_adapter_gives_base_outputs(pixel_values):
-    model = trained_copy(ConvLoraConfig())
-    base = random_sam("tiny", seed=0)
-    with torch.no_grad():
-        reference = masks(base, pixel_values)
-        with model.disable_adapter():
-            assert torch.equal(masks(model, pixel_values), reference)
-            assert auxiliary_loss(model).item() == 0.0
-        assert not torch.equal(masks(model, pixel_values), reference)
-
-
-def test_unload_restores_original_modules_and_outputs(pixel_values):
-    sam = random_sam("tiny", seed=0)
-    original_qkv = sam.vision_encoder.layers[0].attn.qkv
-    with torch.no_grad():
-        reference = masks(sam, pixel_values)
-    model = get_peft_model(sam, ConvLoraConfig(init_weights=False, modules_to_save=["mask_decoder"]))
-    restored = model.unload()
-    assert restored.vision_encoder.layers[0].attn.qkv is original_qkv
-    assert not any("conv_lora" in n for n, _ in restored.named_parameters())
-    with torch.no_grad():
-        assert torch.equal(masks(restored, pixel_values), reference)
-
-
-def test_merge_is_refused_with_reason(tiny_sam):
+def test_saved_layout_stacks_each_layers_experts(tiny_sam):
+    """A layer's adapter is saved as six tensors: A, B, the gate's two and the M experts stacked in two."""
     model = get_peft_model(tiny_sam, ConvLoraConfig())
-    for call in (model.merge_and_unload, model.merge_adapter, model.base_model.merge_adapter):
-        with pytest.raises(ValueError, match=r"cannot be merged.*not a linear map"):
-            call()
-    with pytest.raises(ValueError, match="cannot be merged into the base weights"):
-        model.base_model.model.vision_encoder.layers[0].attn.qkv.merge()
+    saved = get_peft_model_state_dict(model)
+    layer = "base_model.model.vision_encoder.layers.0.attn.qkv."
+    shapes = {k.removeprefix(layer): tuple(t.shape) for k, t in saved.items() if k.startswith(layer)}
+    assert shapes == {
+        "conv_lora_A.weight": (3, 32),
+        "conv_lora_B.weight": (96, 3),
+        "conv_lora_gate.weight": (3, 8),
+        "conv_lora_gate.noise_weight": (3, 8),
+        "conv_lora_experts.weight": (8, 3, 3, 3, 3),
+        "conv_lora_experts.bias": (8, 3),
+    }
+    assert len(saved) == 4 * 6
 
 
 def test_modules_to_save_trains_the_decoder(tiny_sam):
@@ -229,25 +162,9 @@ def test_trains_with_and_without_prompts(prompts, pixel_values):
     assert grads and all(g is not None and torch.count_nonzero(g) > 0 for g in grads)
 
 
-def test_activation_checkpointing_gives_same_gradients(pixel_values):
-    grads = []
-    for checkpointing in (False, True):
-        model = trained_copy(ConvLoraConfig())
-        model.train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.base_model.model.vision_encoder.gradient_checkpointing
-        torch.manual_seed(3)  # the same gate noise in both runs (checkpointing replays the RNG state)
-        out = masks(model, pixel_values)
-        (out.square().mean() + auxiliary_loss(model)).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(dtype, pixel_values):
+def test_float16_autocast(pixel_values):
+    """(bfloat16 autocast is part of the contract, tests/test_peft_contract.py.)"""
+    dtype = torch.float16
     model = trained_copy(ConvLoraConfig())
     model.train()
     with torch.autocast("cpu", dtype=dtype):

@@ -9,15 +9,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from sam_peft._registration import register_tuner
-from sam_peft.data.embedding_cache import (
+from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, random_sam, sam_config
+from sam_peft.modeling.random_sam import init_vision_weights_
+from sam_peft.training.embedding_cache import (
     CorruptEntryError,
     EmbeddingCache,
     EntryStore,
     encoder_fingerprint,
     frozen_vision_encoder,
 )
-from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, random_sam, sam_config
-from sam_peft.modeling.random_sam import init_vision_weights_
 from sam_peft.tuners.cad import CAD, CadConfig, CadModel
 
 register_tuner(CAD, CadConfig, CadModel, CadModel.prefix)  # idempotent

@@ -24,8 +24,6 @@ from sam_peft.metrics import sod as sod_module
 from sam_peft.metrics._distance import nearest_foreground, nearest_foreground_torch
 from sam_peft.metrics._threads import HostThreads
 
-py_sod_metrics = pytest.importorskip("py_sod_metrics")
-
 DATASET_TOLERANCE = 1e-6  # the acceptance criterion
 IMAGE_TOLERANCE = 1e-9  # observed agreement is ~1e-13; tighter than the criterion to catch subtle drift
 
@@ -101,10 +99,16 @@ def _prepared(pred: np.ndarray, ref: np.ndarray, normalize: bool) -> tuple[np.nd
     return raw, norm, gt
 
 
-def _s_alpha_without_empty_regions(pred: np.ndarray, gt: np.ndarray) -> float:
+@pytest.fixture(scope="module")
+def pysod():
+    """PySODMetrics, the reference of the parity tests: they are skipped without it, the others do not need it."""
+    return pytest.importorskip("py_sod_metrics")
+
+
+def _s_alpha_without_empty_regions(pysod, pred: np.ndarray, gt: np.ndarray) -> float:
     """PySODMetrics' S-alpha computed with its own functions, except that a zero-area quadrant counts 0
     instead of making the score NaN (the one deliberate difference)."""
-    measure = py_sod_metrics.Smeasure()
+    measure = pysod.Smeasure()
     height, width = gt.shape
     cy, cx = np.argwhere(gt).mean(axis=0).round()
     cy, cx = int(cy) + 1, int(cx) + 1
@@ -116,9 +120,9 @@ def _s_alpha_without_empty_regions(pred: np.ndarray, gt: np.ndarray) -> float:
     return max(0.0, 0.5 * measure.object(pred, gt) + 0.5 * region)
 
 
-def pysod_results(cases, normalize: bool = True, weighted_f_beta: float = 1.0) -> tuple[dict, dict]:
+def pysod_results(pysod, cases, normalize: bool = True, weighted_f_beta: float = 1.0) -> tuple[dict, dict]:
     """Dataset values and per-image values of PySODMetrics on `cases`, mapped to our names."""
-    M = py_sod_metrics
+    M = pysod
     sm, em, wfm, mae = M.Smeasure(), M.Emeasure(), M.WeightedFmeasure(beta=weighted_f_beta), M.MAE()
     fm = M.FmeasureV2({"f": M.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3)})
     per_image_handlers = {
@@ -138,7 +142,7 @@ def pysod_results(cases, normalize: bool = True, weighted_f_beta: float = 1.0) -
             for metric in (sm, em, wfm, mae, fm):
                 metric.step(norm, gt, normalize=False)
         if math.isnan(sm.sms[-1]):
-            sm.sms[-1] = _s_alpha_without_empty_regions(norm, gt)
+            sm.sms[-1] = _s_alpha_without_empty_regions(pysod, norm, gt)
         s_values.append(sm.sms[-1])
         binary.step(raw, gt, normalize=False)
     # The other documented difference: E-phi above 1 (PySODMetrics divides by H W - 1) is capped at 1.
@@ -188,8 +192,8 @@ def cases():
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_every_value_equals_pysodmetrics(cases, normalize):
-    expected, _ = pysod_results(cases, normalize=normalize)
+def test_every_value_equals_pysodmetrics(pysod, cases, normalize):
+    expected, _ = pysod_results(pysod, cases, normalize=normalize)
     preds, refs = _torch_cases(cases)
     results = compute_sod_metrics(preds, refs, normalize=normalize, chunk_size=5)
     assert set(results) == set(expected)
@@ -198,16 +202,16 @@ def test_every_value_equals_pysodmetrics(cases, normalize):
         assert value == pytest.approx(float(expected[name]), abs=DATASET_TOLERANCE), name
 
 
-def test_weighted_f_beta_is_a_parameter(cases):
-    expected, _ = pysod_results(cases, weighted_f_beta=0.3)
+def test_weighted_f_beta_is_a_parameter(pysod, cases):
+    expected, _ = pysod_results(pysod, cases, weighted_f_beta=0.3)
     preds, refs = _torch_cases(cases)
     results = compute_sod_metrics(preds, refs, weighted_f_beta=0.3)
     assert results["f_beta_w"] == pytest.approx(expected["f_beta_w"], abs=DATASET_TOLERANCE)
     assert results["f_beta_w"] != pytest.approx(compute_sod_metrics(preds, refs)["f_beta_w"], abs=1e-3)
 
 
-def test_per_image_values_equal_pysodmetrics(cases):
-    _, expected = pysod_results(cases)
+def test_per_image_values_equal_pysodmetrics(pysod, cases):
+    _, expected = pysod_results(pysod, cases)
     for index, (pred, ref) in enumerate(cases):
         _, norm, gt = _prepared(pred, ref, normalize=True)
         norm, gt = torch.from_numpy(norm)[None], torch.from_numpy(gt)[None]
@@ -226,26 +230,26 @@ def test_per_image_values_equal_pysodmetrics(cases):
             np.testing.assert_allclose(value[0].numpy(), expected[name][index], rtol=0, atol=IMAGE_TOLERANCE)
 
 
-def test_reference_is_nan_where_we_drop_empty_regions():
+def test_reference_is_nan_where_we_drop_empty_regions(pysod):
     """The documented difference: PySODMetrics' S-alpha is NaN when the centroid is on the last column."""
     pred = np.random.default_rng(1).random((12, 10))
     gt = np.zeros((12, 10), dtype=bool)
     gt[3:6, 9] = True
-    reference = py_sod_metrics.Smeasure()
+    reference = pysod.Smeasure()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         reference.step(pred, gt, normalize=False)
     assert math.isnan(reference.get_results()["sm"])
     ours = s_measure(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None]).item()
-    assert ours == pytest.approx(_s_alpha_without_empty_regions(pred, gt), abs=IMAGE_TOLERANCE)
+    assert ours == pytest.approx(_s_alpha_without_empty_regions(pysod, pred, gt), abs=IMAGE_TOLERANCE)
 
 
-def test_reference_exceeds_one_where_we_cap_e_phi():
+def test_reference_exceeds_one_where_we_cap_e_phi(pysod):
     """The documented difference: PySODMetrics divides E-phi's alignment sum by H W - 1, so a perfect map scores
     H W / (H W - 1); here 1."""
     gt = np.zeros((3, 4), dtype=bool)
     gt[1, 1:3] = True
-    reference = py_sod_metrics.Emeasure()
+    reference = pysod.Emeasure()
     reference.step(gt.astype(np.float64), gt, normalize=False)
     assert reference.adaptive_ems[0] == pytest.approx(12 / 11, abs=1e-12)
     adaptive, curve = e_measure(torch.from_numpy(gt.astype(np.float64))[None], torch.from_numpy(gt)[None])
@@ -255,7 +259,7 @@ def test_reference_exceeds_one_where_we_cap_e_phi():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_full_resolution_images_equal_pysodmetrics(dtype):
+def test_full_resolution_images_equal_pysodmetrics(pysod, dtype):
     rng = np.random.default_rng(3)
     cases = []
     for radius in (4, 40, 150):
@@ -263,7 +267,7 @@ def test_full_resolution_images_equal_pysodmetrics(dtype):
         pred = np.clip(0.7 * gt + 0.4 * rng.random((352, 352)), 0, 1)
         pred = (pred * 255).astype(np.uint8) if dtype == np.uint8 else pred.astype(dtype)
         cases.append((pred, (gt * 255).astype(np.uint8)))
-    expected, _ = pysod_results(cases)
+    expected, _ = pysod_results(pysod, cases)
     results = compute_sod_metrics(*_torch_cases(cases))
     for name, value in results.items():
         assert value == pytest.approx(float(expected[name]), abs=DATASET_TOLERANCE), name

@@ -1,4 +1,7 @@
-"""SAM-Adapter as a PEFT method: counts, the forward against the official recipe, the PEFT contract, errors."""
+"""SAM-Adapter as a PEFT method: counts, the forward against the official recipe, gradients, copies, errors.
+
+The PEFT contract (adapters, saving and loading, disabling, unloading, merging, checkpointing, bfloat16) is checked
+for every tuner in tests/test_peft_contract.py."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import PeftConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from peft import PeftModel, get_peft_model
 from transformers import SamHQConfig, SamHQModel
 
 from sam_peft._registration import register_tuner
 from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, random_sam, sam_config
 from sam_peft.modeling.random_sam import init_vision_weights_
-from sam_peft.tuners.cad import high_pass_magnitude
+from sam_peft.tuners.frequency import high_pass_magnitude
 from sam_peft.tuners.sam_adapter import (
     SAM_ADAPTER,
     PromptedBlock,
@@ -107,82 +109,13 @@ def test_gradients_reach_every_adapter_weight_and_no_encoder_weight(pixel_values
     assert all(p.grad is None and not p.requires_grad for p in encoder)
 
 
-def test_save_load_roundtrip_is_exact(tmp_path, pixel_values):
-    model = prompted(SamAdapterConfig(**TINY, modules_to_save=["mask_decoder"]))
-    with torch.no_grad():
-        expected = masks(model, pixel_values)
-    model.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert all(".default" not in key for key in saved)
-    assert "base_model.model.vision_encoder.patch_embed.sam_adapter_shared.weight" in saved
-    assert sum(t.numel() for k, t in saved.items() if "sam_adapter_" in k) == expected_count(32, 8, 4, scale=8)
-    config = PeftConfig.from_pretrained(tmp_path)
-    assert isinstance(config, SamAdapterConfig) and (config.peft_type, config.scale_factor) == ("SAM_ADAPTER", 8)
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), expected)
-
-
-def test_several_adapters_disable_delete_and_unload(tmp_path, pixel_values):
-    sam = random_sam("tiny", seed=0)
-    original_block, original_patch = sam.vision_encoder.layers[0], sam.vision_encoder.patch_embed
-    with torch.no_grad():
-        reference = masks(random_sam("tiny", seed=0), pixel_values)
-    model = prompted(SamAdapterConfig(**TINY), base=sam)
-    with torch.no_grad():
-        first = masks(model, pixel_values)
-    model.add_adapter("other", SamAdapterConfig(scale_factor=16, layers_to_transform=[0]))
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)
-        model.set_adapter("other")
-        second = masks(model, pixel_values)
-        with model.disable_adapter():
-            assert torch.equal(masks(model, pixel_values), reference)
-    assert not torch.allclose(first, second)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".other" in n for n in trainable)
-
-    model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(random_sam("tiny", seed=0), tmp_path)
-    loaded.load_adapter(tmp_path / "other", adapter_name="other")
-    loaded.eval()
-    with torch.no_grad():
-        assert torch.equal(masks(loaded, pixel_values), first)
-        loaded.set_adapter("other")
-        assert torch.equal(masks(loaded, pixel_values), second)
-
-    model.set_adapter("default")
-    model.delete_adapter("other")
-    assert all("other" not in n for n, _ in model.named_parameters())
-    with torch.no_grad():
-        assert torch.equal(masks(model, pixel_values), first)
-    restored = model.unload()
-    assert restored.vision_encoder.layers[0] is original_block and restored.vision_encoder.patch_embed is original_patch
-    with torch.no_grad():
-        assert torch.equal(masks(restored, pixel_values), reference)
-
-
-def test_merge_is_refused(tiny_sam):
-    model = get_peft_model(tiny_sam, SamAdapterConfig(**TINY))
-    for call in (model.merge_and_unload, model.merge_adapter):
-        with pytest.raises(ValueError, match=r"SAM-Adapter cannot be merged: its prompts depend on each image"):
-            call()
-    with pytest.raises(ValueError, match="no fixed weight can express"):
-        model.base_model.model.vision_encoder.layers[0].merge()
-
-
-def test_activation_checkpointing_and_deepcopy(pixel_values):
-    grads = []
-    for checkpointing in (False, True):
-        model = prompted(SamAdapterConfig(**TINY)).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert model.base_model.model.vision_encoder.gradient_checkpointing
-        masks(model, pixel_values).square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7)
-    clone = copy.deepcopy(model).eval()  # after a forward: the prompt features are not copied
+def test_deepcopy_after_a_forward_shares_fresh_prompt_features(pixel_values):
+    model = prompted(SamAdapterConfig(**TINY)).train()
+    masks(model, pixel_values).square().mean().backward()  # the prompt features hold tensors of that graph
+    clone = copy.deepcopy(model).eval()
+    encoder = clone.base_model.model.vision_encoder
+    assert not encoder.patch_embed.prompt_features.entries  # not copied
+    assert all(block.prompt_features is encoder.patch_embed.prompt_features for block in encoder.layers)
     model.eval()
     with torch.no_grad():
         assert torch.equal(masks(clone, pixel_values), masks(model, pixel_values))

@@ -1,19 +1,7 @@
 """Continual learning of SAM over a stream of domains (SAMCL): `ContinualSam` (one SLoRA module per domain and a
 selector that routes each image), its replay buffer, the module selector, prompted training and the metrics."""
 
-from .buffer import (
-    BASE_DOMAIN,
-    BUFFER_FILE,
-    BlockOutput,
-    CorruptBufferError,
-    EmbeddingBuffer,
-    block_features,
-    embed_patches,
-    encoder_prefix,
-    encoder_suffix,
-    image_bytes,
-    pool_block,
-)
+from .buffer import BASE_DOMAIN, BUFFER_FILE, CorruptBufferError, EmbeddingBuffer, image_bytes
 from .metrics import average_accuracy, continual_metrics, forgetting, forward_transfer, save_accuracy_heatmap
 from .model import CONTINUAL_CONFIG_FILE, ContinualSam, ContinualSamOutput
 from .prompting import (
@@ -32,7 +20,6 @@ __all__ = [
     "CONTINUAL_CONFIG_FILE",
     "SELECTOR_CONFIG_FILE",
     "SELECTOR_WEIGHTS_FILE",
-    "BlockOutput",
     "ContinualSam",
     "ContinualSamOutput",
     "CorruptBufferError",
@@ -40,16 +27,11 @@ __all__ = [
     "EmbeddingBuffer",
     "ModuleSelector",
     "average_accuracy",
-    "block_features",
     "continual_metrics",
-    "embed_patches",
-    "encoder_prefix",
-    "encoder_suffix",
     "evaluate_prompted",
     "forgetting",
     "forward_transfer",
     "image_bytes",
-    "pool_block",
     "prompted_segmentation_loss",
     "sample_point_prompts",
     "save_accuracy_heatmap",

@@ -13,8 +13,8 @@ buffer.save("continual/")
 ```
 
 The blocks up to the feature block are shared by every domain's module (SAMCL adapts later blocks only), so a
-routing model runs them once: `encoder_prefix` returns both the block's hidden state, for `encoder_suffix` to
-finish the encoder with the chosen module, and the pooled vector, for the selector.
+routing model runs them once: `sam_peft.modeling.encoder_split.encoder_prefix` returns both the block's hidden
+state, for `encoder_suffix` to finish the encoder with the chosen module, and the pooled vector, for the selector.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..modeling.encoder_split import block_features, check_encoder_block
 
 BASE_DOMAIN = "base"
 """Reserved domain name for images that belong to none of the learned domains (SAMCL uses COCO for the original
@@ -43,93 +44,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 class CorruptBufferError(ValueError):
     """A buffer file that cannot be read or whose contents contradict its metadata."""
-
-
-class BlockOutput(NamedTuple):
-    """Output of `encoder_prefix`.
-
-    Attributes:
-        hidden_states: Output of the feature block, channels-last: (B, h, w, C).
-        features: Its mean over height and width: (B, C).
-    """
-
-    hidden_states: torch.Tensor
-    features: torch.Tensor
-
-
-def _check_encoder(vision_encoder: nn.Module, block_index: int) -> None:
-    missing = [name for name in ("patch_embed", "layers", "neck") if not hasattr(vision_encoder, name)]
-    if missing:
-        hint = " Pass `model.vision_encoder`." if hasattr(vision_encoder, "vision_encoder") else ""
-        raise TypeError(
-            f"{type(vision_encoder).__name__} is not a SAM vision encoder (it has no {', '.join(missing)}).{hint}"
-        )
-    num_blocks = len(vision_encoder.layers)
-    if not 0 <= block_index < num_blocks:
-        raise ValueError(f"block_index must be in [0, {num_blocks - 1}] for this {num_blocks}-block encoder.")
-
-
-def embed_patches(vision_encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Patch embedding plus absolute position embedding, as `SamVisionEncoder.forward` starts.
-
-    Args:
-        vision_encoder: A transformers `SamVisionEncoder` (or a module with the same `patch_embed`, `pos_embed`).
-        pixel_values: (B, 3, H, W) preprocessed images.
-
-    Returns:
-        (B, h, w, C) tokens, channels-last.
-    """
-    hidden_states = vision_encoder.patch_embed(pixel_values)
-    if getattr(vision_encoder, "pos_embed", None) is not None:
-        hidden_states = hidden_states + vision_encoder.pos_embed
-    return hidden_states
-
-
-def pool_block(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Mean over height and width of a channels-last block output: (B, h, w, C) -> (B, C)."""
-    return hidden_states.mean(dim=(1, 2))
-
-
-def encoder_prefix(vision_encoder: nn.Module, pixel_values: torch.Tensor, block_index: int) -> BlockOutput:
-    """Run the encoder up to and including block `block_index` (0-based), and nothing after it.
-
-    Args:
-        vision_encoder: A SAM vision encoder.
-        pixel_values: (B, 3, H, W) preprocessed images.
-        block_index: Last block to run.
-
-    Returns:
-        `BlockOutput`: the block's hidden state (B, h, w, C) and its pooled features (B, C).
-    """
-    _check_encoder(vision_encoder, block_index)
-    hidden_states = embed_patches(vision_encoder, pixel_values)
-    for layer in vision_encoder.layers[: block_index + 1]:
-        hidden_states = layer(hidden_states)
-    return BlockOutput(hidden_states, pool_block(hidden_states))
-
-
-def encoder_suffix(vision_encoder: nn.Module, hidden_states: torch.Tensor, block_index: int) -> torch.Tensor:
-    """Finish the encoder from the output of block `block_index`: the blocks after it, then the neck.
-
-    `encoder_suffix(enc, encoder_prefix(enc, x, k).hidden_states, k)` equals `enc(x).last_hidden_state`.
-
-    Args:
-        vision_encoder: A SAM vision encoder (with the adapters of the chosen module active, if any).
-        hidden_states: (B, h, w, C) output of block `block_index`.
-        block_index: The block that produced `hidden_states`.
-
-    Returns:
-        (B, output_channels, h, w) image embeddings.
-    """
-    _check_encoder(vision_encoder, block_index)
-    for layer in vision_encoder.layers[block_index + 1 :]:
-        hidden_states = layer(hidden_states)
-    return vision_encoder.neck(hidden_states)
-
-
-def block_features(vision_encoder: nn.Module, pixel_values: torch.Tensor, block_index: int) -> torch.Tensor:
-    """Pooled output of block `block_index` for a batch of images: (B, 3, H, W) -> (B, C). Runs blocks 0..k only."""
-    return encoder_prefix(vision_encoder, pixel_values, block_index).features
 
 
 def image_bytes(height: int = 512, width: int = 512, channels: int = 3) -> int:
@@ -183,7 +97,7 @@ class EmbeddingBuffer:
         dtype: torch.dtype = torch.float32,
     ) -> EmbeddingBuffer:
         """An empty buffer for the features of block `block_index` of `vision_encoder` (a SAM vision encoder)."""
-        _check_encoder(vision_encoder, block_index)
+        check_encoder_block(vision_encoder, block_index)
         return cls(vision_encoder.config.hidden_size, entries_per_domain, block_index, dtype)
 
     @property
@@ -282,7 +196,7 @@ class EmbeddingBuffer:
         Returns:
             The number of entries stored.
         """
-        _check_encoder(vision_encoder, self.block_index)
+        check_encoder_block(vision_encoder, self.block_index)
         if name in self._domains:
             raise ValueError(f"Domain {name!r} is already in the buffer; each domain is added once.")
         device = next(vision_encoder.parameters()).device

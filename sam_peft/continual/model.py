@@ -37,9 +37,10 @@ from transformers import SamModel
 from transformers.utils import ModelOutput
 
 from ..data import sam_collate_fn
+from ..modeling.encoder_split import encoder_prefix, encoder_suffix
 from ..tuners.slora import SloraConfig
 from ..tuners.slora.config import default_adapted_blocks
-from .buffer import BASE_DOMAIN, DEFAULT_ENTRIES_PER_DOMAIN, EmbeddingBuffer, encoder_prefix, encoder_suffix
+from .buffer import BASE_DOMAIN, DEFAULT_ENTRIES_PER_DOMAIN, EmbeddingBuffer
 from .prompting import DomainTrainingArguments, train_module
 from .selector import ModuleSelector
 

@@ -18,7 +18,6 @@ from .decoding import (
     to_label_map,
     to_rgb,
 )
-from .embedding_cache import CacheStats, EmbeddingCache
 from .errors import DataFileError, DataLayoutError
 from .layouts import (
     BENCHMARKS,
@@ -55,10 +54,8 @@ __all__ = [
     "Appearance",
     "Augmentation",
     "BenchmarkLayout",
-    "CacheStats",
     "DataFileError",
     "DataLayoutError",
-    "EmbeddingCache",
     "SamSegmentationTransform",
     "SegmentationDecoder",
     "SplitSource",

@@ -247,6 +247,9 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
 
     config_class = SamSemanticSegmentationConfig
     config: SamSemanticSegmentationConfig
+    # The task head: a sam-peft tuner (`SamPeftTuner`) trains and saves these modules in full when the adapter's
+    # config leaves `modules_to_save` unset, as peft does with a classifier. Subclasses may name others, or `None`.
+    peft_default_modules_to_save: ClassVar[tuple[str, ...] | None] = ("mask_decoder",)
     _tied_weights_keys: ClassVar[dict[str, str]] = {
         "prompt_encoder.shared_embedding.positional_embedding": "shared_image_embedding.positional_embedding"
     }

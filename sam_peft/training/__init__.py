@@ -1,4 +1,5 @@
-"""The training recipe's library: configuration, builders, loop state, checkpoints, evaluation and pictures."""
+"""The training recipe's library: configuration, builders, the frozen-encoder embedding cache, loop state,
+checkpoints, evaluation and pictures."""
 
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args, parse_config
 from .builders import (
@@ -18,6 +19,7 @@ from .checkpoints import (
     save_trained,
     write_run_file,
 )
+from .embedding_cache import CacheStats, EmbeddingCache
 from .evaluation import default_metric, evaluate, is_better, model_inputs
 from .files import result_files
 from .plots import save_overlays, save_training_curves
@@ -27,9 +29,11 @@ from .state import BEST_DIR, CheckpointError, CheckpointFolder, TrainingState
 __all__ = [
     "BEST_DIR",
     "LOGS_DIR",
+    "CacheStats",
     "CheckpointError",
     "CheckpointFolder",
     "DataArguments",
+    "EmbeddingCache",
     "ModelArguments",
     "RunPlan",
     "SeededSamples",

@@ -11,7 +11,6 @@ from huggingface_hub import constants
 from peft import LoraConfig, get_peft_model
 
 from ..data import (
-    EmbeddingCache,
     binary_dataset,
     load_benchmark,
     load_folder,
@@ -25,6 +24,7 @@ from ..modeling import SamForSemanticSegmentation, random_sam
 from ..tuners.cad import CadConfig
 from ..tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
 from .arguments import DataArguments, ModelArguments
+from .embedding_cache import EmbeddingCache
 
 
 def ensure_random_base(args: ModelArguments) -> None:

@@ -8,10 +8,10 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import EmbeddingCache
 from ..metrics import SemanticMetrics, SODMetrics
 from ..modeling.semantic_sam import SamSemanticSegmentationOutput, post_process_semantic_segmentation
 from .arguments import LOWER_IS_BETTER
+from .embedding_cache import EmbeddingCache
 
 
 def default_metric(num_labels: int) -> str:

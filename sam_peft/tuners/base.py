@@ -35,9 +35,11 @@ class SamPeftTuner(BaseTuner):
     - Replacing a module that has no `weight` of its own (the `mask_decoder` in `modules_to_save`, when
       `unload()` puts it back) does not try to copy one: peft's default does, and fails.
 
-    And one default: on a `SamForSemanticSegmentation` the mask decoder (with its class branch) is the task head,
-    so it is trained and saved unless the config says otherwise, the way peft trains the classifier of a
-    sequence-classification model. An explicit `modules_to_save` (even `[]`) overrides it.
+    And one default: a model class may name, in a class attribute `peft_default_modules_to_save`, the modules
+    that are its task head, to be trained and saved unless the config says otherwise, the way peft trains the
+    classifier of a sequence-classification model. `SamForSemanticSegmentation` names its mask decoder (with its
+    class branch); an explicit `modules_to_save` (even `[]`) overrides it. (A class attribute rather than an
+    isinstance check: tuners sit below `sam_peft.modeling` and do not import it.)
 
     No sam-peft method can be merged into the base weights; each tuner says why in `merge_refusal`, and
     `merge_adapter` and `merge_and_unload` raise with that reason.
@@ -55,11 +57,10 @@ class SamPeftTuner(BaseTuner):
         self._check_merge_allowed()
 
     def _prepare_adapter_config(self, peft_config, model_config: dict):
-        from ..modeling.semantic_sam import SamForSemanticSegmentation  # lazy: modeling imports the tuners
-
         peft_config = super()._prepare_adapter_config(peft_config, model_config)
-        if peft_config.modules_to_save is None and isinstance(self.model, SamForSemanticSegmentation):
-            peft_config.modules_to_save = ["mask_decoder"]
+        default = getattr(type(self.model), "peft_default_modules_to_save", None)
+        if peft_config.modules_to_save is None and default is not None:
+            peft_config.modules_to_save = list(default)
         return peft_config
 
     @staticmethod

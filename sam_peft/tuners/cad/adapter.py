@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..frequency import high_pass_magnitude
 from .config import CadConfig
-from .frequency import high_pass_magnitude
 
 # Guards the per-channel division by the maximum (official value).
 _MAX_EPS = 1e-5

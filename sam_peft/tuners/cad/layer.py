@@ -93,7 +93,7 @@ class CadVisionEncoder(BaseLayerAttributes, CadLayer):
         Args:
             pixel_values: `(B, 3, H, W)` normalised images, read by the encoder and the adapters.
             encoder_embeddings: `(B, C, h, w)` the frozen encoder's output for `pixel_values`, e.g. from
-                `sam_peft.data.embedding_cache.EmbeddingCache.get_or_compute`: the encoder is then not run. SAM
+                `sam_peft.training.embedding_cache.EmbeddingCache.get_or_compute`: the encoder is then not run. SAM
                 models pass unknown keyword arguments on to their vision encoder, so
                 `model(pixel_values=..., encoder_embeddings=...)` works from the top (and stays inside the
                 model's forward, as DDP wants).

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cad.frequency import high_pass_magnitude
+from ..frequency import high_pass_magnitude
 from ..side_layers import BaseLayerAttributes, UnmergeableLayer
 from .config import SamAdapterConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -188,11 +188,41 @@ class SloraModel(SamPeftTuner):
                 if name in names:
                     module.requires_grad_(requires_grad)
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # peft restores the trainability of the wrapped model's existing weights after adding an adapter (whose
+        # `inference_mode` its `set_adapter` applies to the active ones); the shared weights live on the tuner, so
+        # they are restored here: loading a second adapter for inference leaves the active one trainable.
+        before = [
+            (module, [weight.requires_grad for weight in module.parameters()])
+            for container in self._shared_containers()
+            for name, module in container.items()
+            if name != adapter_name
+        ]
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        for module, flags in before:
+            for weight, flag in zip(module.parameters(), flags, strict=True):
+                weight.requires_grad_(flag)
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         for container in self._shared_containers():
             if adapter_name in container:
                 del container[adapter_name]
+        # The adapter that takes over trains as its per-block weights do (peft's layers made those trainable).
+        for name in self.active_adapters:
+            trainable = any(weight.requires_grad for weight in self._per_block_weights(name))
+            for container in self._shared_containers():
+                if name in container:
+                    container[name].requires_grad_(trainable)
+
+    def _per_block_weights(self, adapter_name: str) -> list[nn.Parameter]:
+        """The weights of adapter `adapter_name` held by the adapted blocks (its `B`s), not the shared ones."""
+        return [
+            weight
+            for module in self.model.modules()
+            if isinstance(module, SloraAttention) and adapter_name in module.slora_B
+            for weight in module.slora_B[adapter_name].parameters()
+        ]
 
     @property
     def grid_size(self) -> int:

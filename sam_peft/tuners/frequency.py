@@ -1,4 +1,5 @@
-"""The FFT high-pass that CAD and SAM-Adapter feed to their adapters as a hand-crafted image feature."""
+"""The FFT high-pass that CAD and SAM-Adapter feed to their adapters as a hand-crafted image feature (shared by
+both tuners, so it sits directly under `tuners/`, below them)."""
 
 from __future__ import annotations
 
