@@ -5,12 +5,11 @@ and train the mask decoder, and see the same batch. Runs alternate A B A B after
 each is reported (benchmarks/README.md). `--dtype bfloat16` runs both under bf16 autocast,
 `--activation-checkpointing` recomputes the vision blocks in the backward pass. On CUDA the peak of
 `torch.cuda.max_memory_allocated()` over each method's training steps is reported as well (both models stay
-resident: measure one method alone with `--methods conv_lora`). `--experts reference` runs Conv-LoRA's
-per-expert reference path instead of the grouped fast one, `--experts-channels-last` gives its convolutions
-channels-last input. Besides the ratio of the medians, the table shows the median of each round's own ratio and,
-on CPU, the ratio of process CPU time (which what other jobs on a shared machine add to a run's wall time does not
-reach). The last line printed is the training-step ratio and the inference ratio, for parsing, then on CPU the two
-CPU-time ratios (with one method: its median seconds and peak memory).
+resident: measure one method alone with `--methods conv_lora`). Besides the ratio of the medians, the table shows
+the median of each round's own ratio and, on CPU, the ratio of process CPU time (which what other jobs on a shared
+machine add to a run's wall time does not reach). The last line printed is the training-step ratio and the
+inference ratio, for parsing, then on CPU the two CPU-time ratios (with one method: its median seconds and peak
+memory).
 
     python benchmarks/conv_lora_cost.py                                 # CPU: ViT-B, 512 px, batch 2
     python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 4 --dtype bfloat16
@@ -33,7 +32,7 @@ from _common import run_record
 from peft import LoraConfig, get_peft_model
 
 from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam, sam_config
-from sam_peft.tuners.conv_lora import SAM_QKV_TARGET, ConvExperts
+from sam_peft.tuners.conv_lora import SAM_QKV_TARGET
 
 # Paper, Table 14 (one V100, ISIC 2017): iterations per second.
 PAPER_TRAIN_RATIO = 1.64 / 1.22
@@ -51,10 +50,6 @@ def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
     else:
         config = ConvLoraConfig(modules_to_save=["mask_decoder"])
     model = get_peft_model(sam, config).to(args.device)
-    for module in model.modules():
-        if isinstance(module, ConvExperts):
-            module.use_reference = args.experts == "reference"
-            module.channels_last = args.experts_channels_last
     if args.activation_checkpointing:
         enable_activation_checkpointing(model)
     return model
@@ -143,8 +138,6 @@ def main() -> None:
         "--activation-checkpointing", "--checkpointing", action="store_true", help="recompute the vision blocks"
     )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--experts", default="fast", choices=["fast", "reference"], help="Conv-LoRA's expert path")
-    parser.add_argument("--experts-channels-last", action="store_true", help="channels-last input to expert convs")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "conv_lora_cost.json")

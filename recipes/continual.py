@@ -1,7 +1,7 @@
 """Continual learning over a stream of domains with SLoRA modules and a module selector (SAMCL).
 
     python recipes/continual.py recipes/configs/continual_quickstart.yaml --output_dir outputs/continual
-    python recipes/continual.py recipes/configs/continual_samcl.yaml --output_dir outputs/samcl
+    accelerate launch recipes/continual.py recipes/configs/continual_samcl.yaml --output_dir outputs/samcl
 
 The config's `domains` list names the domains in the order they are learned; each entry holds a `name` and the
 data keys of `recipes/train.py` (`benchmark`, `data_dir`, `eval_split`, `max_train_samples`, ... or
@@ -11,7 +11,14 @@ j <= i + 1 is evaluated with routing (IoU with three fixed positive point prompt
 
 The output folder receives the continual model (`modules/<domain>/`, the buffer, the selector,
 `continual_config.json`), `continual_metrics.json` (AA, FM, FT, the accuracy matrix, selector accuracy, the
-base SAM's scores) and `accuracy_matrix.png`.
+base SAM's scores, each module's loss at every optimiser step) and `accuracy_matrix.png`.
+
+Each module trains through the same Accelerate loop as `recipes/train.py` (`sam_peft.training.optimizer_steps`):
+`mixed_precision`, `gradient_accumulation_steps` and `max_grad_norm` apply, `accelerate launch` runs it on several
+processes (the batches of each step are split among them; the buffer, the selector and the evaluations are
+computed alike on every process, and the main process writes the outputs), and each step's loss and learning rate
+go to the `report_to` tracker (TensorBoard by default, when installed) under `<domain>/train/`, in
+`<output_dir>/logs`.
 """
 
 from __future__ import annotations
@@ -38,7 +45,14 @@ from sam_peft.continual import (
     save_accuracy_heatmap,
 )
 from sam_peft.data import sam_collate_fn, sam_image_processor
-from sam_peft.training import DataArguments, ModelArguments, build_datasets, ensure_random_base, parse_config
+from sam_peft.training import (
+    DataArguments,
+    ModelArguments,
+    build_datasets,
+    ensure_random_base,
+    parse_config,
+    recipe_accelerator,
+)
 
 USAGE = "python recipes/continual.py CONFIG.yaml [--key value ...]"
 
@@ -68,6 +82,7 @@ class ContinualArguments:
     selector_lr: float = field(default=0.01, metadata={"help": "Selector SGD learning rate."})
     selector_batch_size: int = field(default=24, metadata={"help": "Selector batch size."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
+    report_to: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, if installed."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the continual model at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for push_to_hub."})
 
@@ -148,10 +163,16 @@ def main() -> None:
     if len(set(names)) != len(names) or BASE_DOMAIN in names:
         raise ValueError(f"Domain names must be distinct and not {BASE_DOMAIN!r}; got {names}.")
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ensure_random_base(ModelArguments(base_model=args.base_model, random_base=args.random_base))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sam = SamModel.from_pretrained(args.base_model).to(device)
+    accelerator = recipe_accelerator(
+        output_dir, args.report_to, train_args.mixed_precision, train_args.gradient_accumulation_steps
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_random_base(ModelArguments(base_model=args.base_model, random_base=args.random_base))
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("sam-peft-continual", config={"domains": len(entries), "lr": train_args.learning_rate})
+    progress = args.progress and accelerator.is_local_main_process
+    sam = SamModel.from_pretrained(args.base_model).to(accelerator.device)
     image_size = args.image_size or sam.config.vision_config.image_size
     module_config = SloraConfig(
         r=args.r,
@@ -176,7 +197,7 @@ def main() -> None:
 
     def score(predict, name: str, stage: str) -> float:
         description = f"{stage}: evaluating {name}"
-        results = evaluate_prompted(predict, eval_sets[name], train_args, processor, description, args.progress)
+        results = evaluate_prompted(predict, eval_sets[name], train_args, processor, description, progress)
         return results["iou"]
 
     with torch.no_grad():
@@ -186,11 +207,16 @@ def main() -> None:
         continual.extend_buffer(BASE_DOMAIN, base_train, train_args.eval_batch_size)
 
     accuracy = np.full((len(names), len(names)), math.nan)
+    train_losses: dict[str, list[float]] = {}
     for stage, (name, train_split, _) in enumerate(domains):
-        continual.learn_domain(name, train_split, train_args, progress=args.progress)
+        train_losses[name] = continual.learn_domain(
+            name, train_split, train_args, progress=progress, accelerator=accelerator
+        )
         for column in range(min(stage + 2, len(names))):
             accuracy[stage, column] = score(routing_predictor(continual), names[column], f"after {name}")
-        print(f"after {name}: " + ", ".join(f"{n} {accuracy[stage, j]:.3f}" for j, n in enumerate(names[: stage + 2])))
+        scores = {names[j]: accuracy[stage, j] for j in range(min(stage + 2, len(names)))}
+        accelerator.log({f"{domain}/eval/iou": value for domain, value in scores.items()}, step=stage + 1)
+        accelerator.print(f"after {name}: " + ", ".join(f"{domain} {value:.3f}" for domain, value in scores.items()))
 
     results = {
         "domains": names,
@@ -203,13 +229,16 @@ def main() -> None:
         "base_sam": base_scores,
         "metric": "iou",
         "training": asdict(train_args),
+        "train_losses": train_losses,
     }
-    continual.save_pretrained(output_dir)
-    (output_dir / "continual_metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False))
-    save_accuracy_heatmap(output_dir / "accuracy_matrix.png", accuracy, names, title="IoU after each stage")
-    print(json.dumps({k: results[k] for k in ("AA", "FM", "FT", "selector_accuracy")}, indent=2))
-    if args.push_to_hub:
-        print(f"Pushed to {continual.push_to_hub(args.hub_model_id)}")
+    if accelerator.is_main_process:
+        continual.save_pretrained(output_dir)
+        (output_dir / "continual_metrics.json").write_text(json.dumps(results, indent=2, allow_nan=False))
+        save_accuracy_heatmap(output_dir / "accuracy_matrix.png", accuracy, names, title="IoU after each stage")
+        print(json.dumps({k: results[k] for k in ("AA", "FM", "FT", "selector_accuracy")}, indent=2))
+        if args.push_to_hub:
+            print(f"Pushed to {continual.push_to_hub(args.hub_model_id)}")
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

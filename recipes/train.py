@@ -17,26 +17,22 @@ output folder receives the trained weights of the best epoch (an adapter for con
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from sam_peft.data import sam_collate_fn
 from sam_peft.hub import adapter_model_card, check_push_access, push_run
 from sam_peft.modeling import SamSemanticSegmentationOutput, post_process_semantic_segmentation
+from sam_peft.modeling.methods import METHODS
 from sam_peft.training import (
     BEST_DIR,
-    LOGS_DIR,
     CheckpointFolder,
     SeededSamples,
     TrainingState,
@@ -49,43 +45,23 @@ from sam_peft.training import (
     evaluate,
     is_better,
     load_trained_weights,
+    make_scheduler,
     model_inputs,
+    optimizer_steps,
     parse_args,
     plan_run,
+    recipe_accelerator,
     register_trainable_checkpointing,
     result_files,
     run_config,
     save_overlays,
     save_trained,
     save_training_curves,
+    steps_per_epoch,
     write_run_file,
 )
 
 USAGE = "accelerate launch recipes/train.py CONFIG.yaml [--key value ...]"
-
-PEFT_TYPES = {"conv_lora": "CONV_LORA", "lora": "LORA", "cad": "CAD", "decoder_only": "DECODER_ONLY"}
-# the hyperparameters of each method that the model card lists
-METHOD_HYPERPARAMETERS = {
-    "conv_lora": ("r", "lora_alpha", "num_experts", "top_k", "moe_loss_weight"),
-    "lora": ("r", "lora_alpha"),
-    "cad": ("cad_image_size", "cad_scale"),
-    "decoder_only": (),
-}
-
-
-def make_scheduler(optimizer, train_args, total_steps: int, num_processes: int):
-    """The papers' polynomial decay (power 0.9), or cosine, or constant, after a linear warm-up, over `total_steps`
-    optimiser steps.
-
-    A scheduler prepared by Accelerate is stepped once per process at each optimiser step (it counts the batches
-    of all processes), so its warm-up and length are counted in those units: the learning rate at each optimiser
-    step is then the same whatever the number of processes.
-    """
-    name = {"polynomial": "polynomial", "cosine": "cosine", "constant": "constant_with_warmup"}[train_args.lr_schedule]
-    kwargs = {"scheduler_specific_kwargs": {"power": 0.9}} if name == "polynomial" else {}
-    return get_scheduler(
-        name, optimizer, train_args.warmup_steps * num_processes, total_steps * num_processes, **kwargs
-    )
 
 
 @torch.no_grad()
@@ -110,12 +86,11 @@ def main() -> None:
     model_args, data_args, train_args = parse_args(description=__doc__, usage=USAGE)
     output_dir = Path(train_args.output_dir)
     metric = train_args.metric_for_best_model or default_metric(model_args.num_labels)
-    tracker = train_args.report_to if train_args.report_to and importlib.util.find_spec(train_args.report_to) else None
-    accelerator = Accelerator(
-        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
-        mixed_precision=train_args.mixed_precision,
-        log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)),
+    accelerator = recipe_accelerator(
+        output_dir,
+        train_args.report_to,
+        train_args.mixed_precision,
+        train_args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     # Everything is validated before the output folder is touched: the folder, the Hub, the data.
@@ -156,11 +131,11 @@ def main() -> None:
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=train_args.learning_rate, weight_decay=train_args.weight_decay)
-    # each process reads every num_processes-th batch (the last ones padded), and steps once per accumulation
-    batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_process / train_args.gradient_accumulation_steps)
-    scheduled_steps = train_args.num_epochs * steps_per_epoch
-    scheduler = make_scheduler(optimizer, train_args, scheduled_steps, accelerator.num_processes)
+    epoch_steps = steps_per_epoch(len(train_loader), accelerator.num_processes, train_args.gradient_accumulation_steps)
+    scheduled_steps = train_args.num_epochs * epoch_steps
+    scheduler = make_scheduler(
+        optimizer, train_args.lr_schedule, train_args.warmup_steps, scheduled_steps, accelerator.num_processes
+    )
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
@@ -183,6 +158,11 @@ def main() -> None:
         checkpoints.save(accelerator, state, lambda folder: save_trained(unwrapped, folder), new_best)
 
     cache = build_embedding_cache(data_args, unwrapped, image_size)
+
+    def compute_losses(model, batch) -> dict[str, torch.Tensor]:
+        outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
+        return {"loss": outputs.loss, "task_loss": outputs.task_loss, "auxiliary_loss": outputs.auxiliary_loss}
+
     if state.baseline is None:  # the untrained model, for comparison in metrics.json
         state.baseline = _scalars(evaluate(model, eval_loader, accelerator, model_args.num_labels, cache))
     last_step = min(scheduled_steps, train_args.max_steps or scheduled_steps)
@@ -192,33 +172,21 @@ def main() -> None:
         model.train()
         train_loader.set_epoch(state.epoch)  # the data order
         train_samples.set_epoch(state.epoch)  # the augmentation (Accelerate forwards the epoch on one process only)
-        epoch_end = (state.epoch + 1) * steps_per_epoch
-        done_in_epoch = state.step - state.epoch * steps_per_epoch
+        epoch_end = (state.epoch + 1) * epoch_steps
+        done_in_epoch = state.step - state.epoch * epoch_steps
         batches = accelerator.skip_first_batches(train_loader, done_in_epoch * train_args.gradient_accumulation_steps)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
-                loss = outputs.loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and train_args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, train_args.max_grad_norm)
-                learning_rate = scheduler.get_last_lr()[0]  # the rate of this optimiser step
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                state.step += 1
-                losses = torch.stack([loss, outputs.task_loss, outputs.auxiliary_loss]).detach().float()
-                loss_value, task_loss, aux_loss = accelerator.gather(losses[None]).mean(dim=0).tolist()
-                entry = {"loss": loss_value, "task_loss": task_loss, "auxiliary_loss": aux_loss, "lr": learning_rate}
-                state.train_log.append({"step": state.step, **entry})
-                accelerator.log({f"train/{key}": value for key, value in entry.items()}, step=state.step)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-                if state.step >= last_step:
-                    break
-                if every is not None and state.step % every == 0 and state.step < epoch_end:
-                    save_checkpoint()
+        for entry in optimizer_steps(
+            accelerator, model, batches, optimizer, scheduler, compute_losses, train_args.max_grad_norm
+        ):
+            state.step += 1
+            state.train_log.append({"step": state.step, **entry})
+            accelerator.log({f"train/{key}": value for key, value in entry.items()}, step=state.step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{entry['loss']:.4f}")
+            if state.step >= last_step:
+                break
+            if every is not None and state.step % every == 0 and state.step < epoch_end:
+                save_checkpoint()
         new_best = False
         if state.step >= epoch_end:
             state.epoch += 1
@@ -249,7 +217,7 @@ def main() -> None:
             final["embedding_cache"] = {"directory": str(cache.directory), **asdict(cache.stats)}
         card = adapter_model_card(
             base_model=model_args.base_model,
-            peft_type=PEFT_TYPES[model_args.method],
+            peft_type=METHODS[model_args.method].peft_type,
             adapter_id=train_args.hub_model_id or str(output_dir.resolve()),
             num_labels=model_args.num_labels,
             dataset_name=data_args.benchmark or data_args.hub_dataset or "custom",
@@ -278,7 +246,7 @@ def _scalars(results: dict) -> dict[str, float]:
 
 
 def _hyperparameters(model_args, train_args) -> dict:
-    keys = ("method", *METHOD_HYPERPARAMETERS[model_args.method])
+    keys = ("method", *METHODS[model_args.method].hyperparameters)
     train_keys = ("learning_rate", "weight_decay", "lr_schedule", "batch_size", "num_epochs", "seed")
     return {**{k: getattr(model_args, k) for k in keys}, **{k: getattr(train_args, k) for k in train_keys}}
 

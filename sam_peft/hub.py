@@ -41,33 +41,10 @@ from huggingface_hub.errors import HTTPError as _TransportHTTPError  # httpx's (
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
+from .modeling.methods import method_of_peft_type
+
 logger = logging.getLogger(__name__)
 
-# method name and one-paragraph description, by peft_type
-METHODS = {
-    "CONV_LORA": (
-        "Conv-LoRA",
-        "Conv-LoRA (Zhong et al., *Convolution Meets LoRA: Parameter Efficient Finetuning for Segment Anything "
-        "Model*, ICLR 2024) adds LoRA to the fused qkv projection of every image-encoder block, with a mixture of "
-        "convolutional experts at several scales inside the low-rank bottleneck and a noisy top-1 gate.",
-    ),
-    "LORA": ("LoRA", "LoRA (Hu et al. 2021) on the image encoder's fused qkv projections."),
-    "CAD": (
-        "CAD",
-        "CAD (*Memory Efficient Convolutional Adapter for SAM*, 2024): a convolutional adapter running beside the "
-        "frozen image encoder on a downsized copy of the image, its features added to the encoder's output.",
-    ),
-    "SAM_ADAPTER": (
-        "SAM-Adapter",
-        "SAM-Adapter (Chen et al., *SAM Fails to Segment Anything?*, 2023): per-block MLP adapters fed with "
-        "patch-embedding and high-frequency features of the image.",
-    ),
-    "SLORA": (
-        "SLoRA",
-        "SLoRA (Wang et al., *SAMCL*, AAAI 2026): LoRA with one down-projection shared by the adapted blocks, "
-        "plus point-prompt heat maps.",
-    ),
-}
 # peft's card for an adapter saved without a card of its own: huggingface_hub's default template, filled by
 # `PeftModel.save_pretrained`; `write_card_on_save` replaces it with sam-peft's card
 GENERIC_CARD_HEADING = "# Model Card for Model ID"
@@ -113,7 +90,9 @@ def adapter_model_card(
     is the class the adapter was trained on: `SamForSemanticSegmentation` (prompt-free; `num_labels` and a
     non-default `num_mask_tokens` go into the snippet) or transformers' `SamModel` / `SamHQModel` (prompted).
     """
-    method_name, method_description = METHODS.get(peft_type, (peft_type, f"A `{peft_type}` adapter."))
+    method = method_of_peft_type(peft_type)
+    method_name = peft_type if method is None else method.title
+    method_description = f"A `{peft_type}` adapter." if method is None else method.description
     if base_class != "SamForSemanticSegmentation":
         task = "promptable segmentation (points and boxes)"
     else:
@@ -179,8 +158,9 @@ def write_card_on_save(config: Any, directory: str | os.PathLike, auto_mapping: 
     peft_type = str(getattr(config.peft_type, "value", config.peft_type))
     if GENERIC_CARD_HEADING not in existing.text:
         if "import sam_peft" not in existing.text:
-            method = METHODS.get(peft_type, (peft_type, ""))[0]
-            existing.text = existing.text.rstrip("\n") + LOADING_NOTE.format(method=method, peft_type=peft_type)
+            method = method_of_peft_type(peft_type)
+            title = peft_type if method is None else method.title
+            existing.text = existing.text.rstrip("\n") + LOADING_NOTE.format(method=title, peft_type=peft_type)
             existing.save(path)
         return
     weights = _saved_tensor_shapes(folder / "adapter_model.safetensors")

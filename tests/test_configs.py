@@ -9,7 +9,7 @@ import yaml
 
 from sam_peft.data.layouts import BENCHMARKS
 from sam_peft.metrics import SEMANTIC_METRIC_NAMES, SOD_METRIC_NAMES
-from sam_peft.training.arguments import METHODS, parse_args
+from sam_peft.training.arguments import TRAINED_METHODS, parse_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 # recipes/train.py's configs (the continual recipe's are checked in test_continual_recipe.py)
@@ -30,7 +30,7 @@ def test_one_config_per_method_and_dataset():
     expected = {f"{method}_{dataset}" for method in CONV_LORA_METHODS for dataset in DATASETS}
     assert {path.stem for path in PAPER} == expected
     assert {path.stem for path in CAD} == {f"cad_{dataset}" for dataset in CAD_DATASETS}
-    assert set(METHODS) == {*CONV_LORA_METHODS, "cad"}
+    assert set(TRAINED_METHODS) == {*CONV_LORA_METHODS, "cad", "sam_adapter"}
     assert {path.stem for path in ALL} == {path.stem for path in PAPER + CAD} | {"quickstart"}
 
 

@@ -1,4 +1,4 @@
-"""Conv-LoRA's grouped fast expert path against the per-expert reference path (`ConvExperts.forward_reference`).
+"""Conv-LoRA's grouped expert path (`ConvExperts.forward`) against a per-expert re-computation (`reference_mixture`).
 
 Both paths get the same weights and the same routing; outputs and gradients (experts, gate, A, B, input) must agree
 to float tolerance, in fp32 and in bf16, for the bank alone, for one layer and for the windowed and global blocks of a
@@ -34,13 +34,29 @@ def top_k_gates(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return torch.zeros_like(logits).scatter(1, indices, torch.softmax(values, dim=1))
 
 
+def reference_mixture(experts: ConvExperts, z: torch.Tensor, gates: torch.Tensor, routing=None) -> torch.Tensor:
+    """`sum_i G_i * E_i(z)` for z (N, r, h, w) and gates (N, M), one expert at a time on the windows it received."""
+    mixture = torch.zeros_like(z, memory_format=torch.contiguous_format)
+    for index in range(len(experts.scales)):
+        rows = gates[:, index].nonzero().squeeze(1)  # windows routed to this expert
+        if rows.numel() == 0:
+            continue
+        weight = gates[rows, index].to(z.dtype)[:, None, None, None]
+        mixture = mixture.index_add(0, rows, experts.expert(index, z[rows].contiguous()) * weight)
+    return mixture
+
+
+def use_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes every `ConvExperts` compute `reference_mixture` for the rest of the test."""
+    monkeypatch.setattr(ConvExperts, "forward", reference_mixture)
+
+
 def run_experts(experts: ConvExperts, z: torch.Tensor, gates: torch.Tensor, reference: bool) -> dict[str, torch.Tensor]:
     """Output of the bank and the gradients of a fixed random objective w.r.t. z, gates and the expert weights."""
     experts.zero_grad(set_to_none=True)
-    experts.use_reference = reference
     z = z.detach().requires_grad_()
     gates = gates.detach().requires_grad_()
-    out = experts(z, gates)
+    out = reference_mixture(experts, z, gates) if reference else experts(z, gates)
     probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.dtype)
     (out.float() * probe.float()).sum().backward()
     return {
@@ -100,14 +116,14 @@ def test_routing_groups_pairs_by_expert():
     torch.testing.assert_close(routing.weights, torch.tensor([1.0, 0.7, 0.4, 1.0, 0.3, 0.6]))
 
 
-def test_channels_last_convolutions_give_the_same_result():
+def test_channels_last_input_gives_the_same_result():
     torch.manual_seed(0)
     experts = ConvExperts(rank=3, scales=SCALES)
     z = torch.randn(8, 3, 4, 4)
     gates = top_k_gates(torch.randn(8, len(SCALES)), 2)
-    expected = experts.forward_reference(z, gates)
-    experts.channels_last = True
-    torch.testing.assert_close(experts(z, gates), expected, rtol=1e-5, atol=1e-6)
+    out = experts(z.contiguous(memory_format=torch.channels_last), gates)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, reference_mixture(experts, z, gates), rtol=1e-5, atol=1e-6)
 
 
 def make_layer(top_k: int, seed: int = 0) -> Linear:
@@ -119,10 +135,9 @@ def make_layer(top_k: int, seed: int = 0) -> Linear:
     return layer.train()
 
 
-def run_layer(layer: Linear, x: torch.Tensor, dtype: torch.dtype, reference: bool) -> dict[str, torch.Tensor]:
+def run_layer(layer: Linear, x: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Output, balance loss and the gradients of all adapter weights of one noisy training forward."""
     layer.zero_grad(set_to_none=True)
-    layer.conv_lora_experts["default"].use_reference = reference
     torch.manual_seed(1)  # the same gate noise for both paths
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = layer(x)
@@ -135,10 +150,12 @@ def run_layer(layer: Linear, x: torch.Tensor, dtype: torch.dtype, reference: boo
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_layer_forward_and_backward(top_k, dtype):
+def test_layer_forward_and_backward(top_k, dtype, monkeypatch):
     layer = make_layer(top_k)
     x = torch.randn(12, 5, 5, 16)
-    fast, reference = run_layer(layer, x, dtype, False), run_layer(layer, x, dtype, True)
+    fast = run_layer(layer, x, dtype)
+    use_reference(monkeypatch)
+    reference = run_layer(layer, x, dtype)
     assert torch.count_nonzero(fast["conv_lora_gate.default.weight"]) > 0
     assert torch.count_nonzero(fast["conv_lora_experts.default.weight"]) > 0
     compare(fast, reference, dtype)
@@ -163,12 +180,12 @@ class SyncOps(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_layer_reads_the_device_once(training):
+def test_layer_reads_the_device_once(training, monkeypatch):
     layer = make_layer(top_k=2).train(training)
     x = torch.randn(12, 5, 5, 16)
     with SyncOps() as fast:
         layer(x)
-    layer.conv_lora_experts["default"].use_reference = True
+    use_reference(monkeypatch)
     with SyncOps() as reference:
         layer(x)
     assert fast.calls == ["tolist"]
@@ -185,12 +202,9 @@ def sam_with_adapters(top_k: int) -> nn.Module:
     return model.train()
 
 
-def run_sam(model: nn.Module, pixel_values: torch.Tensor, dtype: torch.dtype, reference: bool) -> dict:
+def run_sam(model: nn.Module, pixel_values: torch.Tensor, dtype: torch.dtype) -> dict:
     """Masks, auxiliary loss and gradients of every adapter weight of one noisy training step."""
     model.zero_grad(set_to_none=True)
-    for module in model.modules():
-        if isinstance(module, ConvExperts):
-            module.use_reference = reference
     torch.manual_seed(2)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         masks = model(pixel_values=pixel_values, multimask_output=False).pred_masks.float()
@@ -227,26 +241,28 @@ def forced_gate(index: int):
 @pytest.mark.parametrize("index", range(len(SCALES)))
 def test_tiny_sam_each_expert(index, dtype, monkeypatch, pixel_values):
     model = sam_with_adapters(top_k=1)
-    monkeypatch.setattr(NoisyTopKGate, "forward", forced_gate(index))
     records, handles = record_blocks(model)
-    fast = run_sam(model, pixel_values, dtype, False)
+    monkeypatch.setattr(NoisyTopKGate, "forward", forced_gate(index))
+    fast = run_sam(model, pixel_values, dtype)
     for handle in handles:
         handle.remove()
     # 128 px: 16 x 16 tokens; windowed blocks see 2 x 16 windows of 4 x 4, global blocks the 2 whole maps
     assert {shape for shape, _ in records} == {(32, 3, 4, 4), (2, 3, 16, 16)}
     assert {experts for _, experts in records} == {frozenset({index})}
-    compare(fast, run_sam(model, pixel_values, dtype, True), dtype)
+    use_reference(monkeypatch)
+    compare(fast, run_sam(model, pixel_values, dtype), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_tiny_sam_mixed_routing(top_k, dtype, pixel_values):
+def test_tiny_sam_mixed_routing(top_k, dtype, pixel_values, monkeypatch):
     model = sam_with_adapters(top_k)
     records, handles = record_blocks(model)
-    fast = run_sam(model, pixel_values, dtype, False)
+    fast = run_sam(model, pixel_values, dtype)
     for handle in handles:
         handle.remove()
     windowed = [experts for shape, experts in records if shape[0] == 32]
     assert windowed and all(len(experts) > top_k for experts in windowed), "every windowed block should mix experts"
     assert any(len(experts) < len(SCALES) for _, experts in records), "some expert should receive no window"
-    compare(fast, run_sam(model, pixel_values, dtype, True), dtype)
+    use_reference(monkeypatch)
+    compare(fast, run_sam(model, pixel_values, dtype), dtype)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from huggingface_hub import HfApi
 from peft import PeftModel, get_peft_model
 from torch import Tensor, nn
@@ -187,16 +188,30 @@ class ContinualSam(nn.Module):
         return losses
 
     def learn_domain(
-        self, name: str, train_dataset, args: DomainTrainingArguments | None = None, progress: bool = True
+        self,
+        name: str,
+        train_dataset,
+        args: DomainTrainingArguments | None = None,
+        progress: bool = True,
+        accelerator: Accelerator | None = None,
     ) -> list[float]:
         """Learn domain `name` from `train_dataset` (prepared SAM inputs with an `id` column, e.g.
-        `prepare_for_sam(split, augmentation=None)`): train a new module with point prompts, store the domain's
+        `prepare_for_sam(split, augmentation=None)`): train a new module with point prompts (`train_module`, on
+        `accelerator`: mixed precision, several processes, its trackers under `{name}/train/`), store the domain's
         buffer entries and refit the selector. Earlier modules are left untouched. Returns the training losses.
         """
         self._check_new_domain(name)
         args = args or DomainTrainingArguments()
         model = self.add_module(name)
-        losses = train_module(model, train_dataset, args, description=f"training {name}", progress=progress)
+        losses = train_module(
+            model,
+            train_dataset,
+            args,
+            description=f"training {name}",
+            progress=progress,
+            accelerator=accelerator,
+            log_prefix=f"{name}/train/",
+        )
         model.base_model.set_requires_grad(name, False)
         self.extend_buffer(name, train_dataset, args.eval_batch_size)
         self.fit_selector()

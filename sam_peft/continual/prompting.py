@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from ..data import IGNORE_INDEX, sam_collate_fn
 from ..metrics import SODMetrics
+from ..training.arguments import MIXED_PRECISIONS, check_choice, check_field_types
 from ..training.evaluation import labels_at_original_size
+from ..training.loop import make_scheduler, optimizer_steps, steps_per_epoch
 
 # SamModel's label for "no point" (padding of the points tensor)
 PADDING_POINT_LABEL = -10
@@ -46,6 +48,22 @@ class DomainTrainingArguments:
     dice_weight: float = field(default=10.0, metadata={"help": "Weight of the dice loss."})
     iou_weight: float = field(default=1.0, metadata={"help": "Weight of the predicted-IoU squared error."})
     seed: int = field(default=0, metadata={"help": "Seed of the data order and the point prompts."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimiser step."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Gradient clipping (SAMCL: none)."})
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)."})
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        check_choice(self, "mixed_precision", MIXED_PRECISIONS)
+        for name in ("num_epochs", "batch_size", "eval_batch_size", "points_per_image", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    def accelerator(self) -> Accelerator:
+        """An `Accelerator` with these settings, for `train_module` when the caller has none."""
+        return Accelerator(
+            mixed_precision=self.mixed_precision, gradient_accumulation_steps=self.gradient_accumulation_steps
+        )
 
 
 def example_seed(example_id: str, seed: int) -> int:
@@ -124,44 +142,64 @@ def train_module(
     args: DomainTrainingArguments,
     description: str = "training",
     progress: bool = True,
+    accelerator: Accelerator | None = None,
+    log_prefix: str | None = None,
 ) -> list[float]:
-    """Trains the parameters of `model` that require grad (the active adapter) on a prepared dataset.
+    """Trains the parameters of `model` that require grad (the active adapter) on a prepared dataset, through the
+    recipes' shared loop (`sam_peft.training.optimizer_steps`): mixed precision, gradient accumulation and several
+    processes come from `accelerator` (by default one built from `args`).
 
     `model` is a (PEFT-wrapped) `SamModel`; `dataset` yields SAM inputs (`sam_peft.data.prepare_for_sam`) with
-    an `id` column. Adam with a cosine decay over all steps. Returns the loss of every step.
+    an `id` column. Adam with a cosine decay over all steps. With `log_prefix`, each step's loss and learning rate
+    go to the accelerator's trackers as `{log_prefix}loss` and `{log_prefix}lr`. Returns the loss of every
+    optimiser step (the mean over the processes).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameters: add and activate an adapter first.")
-    device = trainable[0].device
+    accelerator = accelerator or args.accelerator()
     generator = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(dataset, args.batch_size, shuffle=True, collate_fn=sam_collate_fn, generator=generator)
     optimizer = torch.optim.Adam(trainable, lr=args.learning_rate)
-    scheduler = get_scheduler("cosine", optimizer, 0, args.num_epochs * len(loader))
+    total_steps = args.num_epochs * steps_per_epoch(
+        len(loader), accelerator.num_processes, accelerator.gradient_accumulation_steps
+    )
+    scheduler = make_scheduler(optimizer, "cosine", 0, total_steps, accelerator.num_processes)
+    prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    def compute_losses(model: torch.nn.Module, batch: dict) -> dict[str, Tensor]:
+        points, point_labels = batch_prompts(batch, args)
+        device = batch["pixel_values"].device
+        outputs = model(
+            pixel_values=batch["pixel_values"],
+            input_points=points.to(device),
+            input_labels=point_labels.to(device),
+            multimask_output=False,
+        )
+        loss = prompted_segmentation_loss(
+            outputs.pred_masks[:, 0].float(), outputs.iou_scores[:, 0].float(), batch["labels"], args
+        )
+        return {"loss": loss}
+
     losses = []
-    bar = tqdm(total=args.num_epochs * len(loader), desc=description, disable=not progress, leave=False)
-    model.train()
-    for _ in range(args.num_epochs):
-        for batch in loader:
-            points, point_labels = batch_prompts(batch, args)
-            outputs = model(
-                pixel_values=batch["pixel_values"].to(device),
-                input_points=points.to(device),
-                input_labels=point_labels.to(device),
-                multimask_output=False,
-            )
-            loss = prompted_segmentation_loss(
-                outputs.pred_masks[:, 0], outputs.iou_scores[:, 0], batch["labels"].to(device), args
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+    bar = tqdm(
+        total=total_steps, desc=description, disable=not progress or not accelerator.is_local_main_process, leave=False
+    )
+    prepared.train()
+    for epoch in range(args.num_epochs):
+        loader.set_epoch(epoch)
+        for entry in optimizer_steps(
+            accelerator, prepared, loader, optimizer, scheduler, compute_losses, args.max_grad_norm
+        ):
+            losses.append(entry["loss"])
+            if log_prefix is not None:
+                accelerator.log({f"{log_prefix}{key}": value for key, value in entry.items()}, step=len(losses))
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
     bar.close()
-    model.eval()
+    # the module lives on in the continual model: without Accelerate's wrappers (DDP, the autocast of its forward)
+    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False).eval()
+    accelerator.free_memory()
     return losses
 
 

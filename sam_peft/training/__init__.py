@@ -1,5 +1,5 @@
-"""The training recipe's library: configuration, builders, the frozen-encoder embedding cache, loop state,
-checkpoints, evaluation and pictures."""
+"""The training recipes' library: configuration, builders, the frozen-encoder embedding cache, the optimisation loop,
+loop state, checkpoints, evaluation and pictures."""
 
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_args, parse_config
 from .builders import (
@@ -22,6 +22,7 @@ from .checkpoints import (
 from .embedding_cache import CacheStats, EmbeddingCache
 from .evaluation import default_metric, evaluate, is_better, model_inputs
 from .files import result_files
+from .loop import make_scheduler, optimizer_steps, recipe_accelerator, steps_per_epoch
 from .plots import save_overlays, save_training_curves
 from .run_folder import LOGS_DIR, RunPlan, claim_output_dir, plan_run, run_config
 from .state import BEST_DIR, CheckpointError, CheckpointFolder, TrainingState
@@ -50,17 +51,21 @@ __all__ = [
     "load_data",
     "load_trained",
     "load_trained_weights",
+    "make_scheduler",
     "model_inputs",
+    "optimizer_steps",
     "parse_args",
     "parse_config",
     "plan_run",
     "read_run_file",
+    "recipe_accelerator",
     "register_trainable_checkpointing",
     "result_files",
     "run_config",
     "save_overlays",
     "save_trained",
     "save_training_curves",
+    "steps_per_epoch",
     "verify_data_files",
     "write_run_file",
 ]

@@ -15,9 +15,14 @@ from typing import Any, get_args, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
-METHODS = ("conv_lora", "lora", "cad", "decoder_only")
-# methods whose image encoder stays frozen, so that its outputs can be cached
-FROZEN_ENCODER_METHODS = ("cad", "decoder_only")
+from ..modeling.methods import METHODS, get_method, recipe_methods
+
+# the methods recipes/train.py trains (`sam_peft.modeling.methods` holds what each is)
+TRAINED_METHODS = recipe_methods()
+# learning-rate schedules, by name: transformers' scheduler of each (`sam_peft.training.make_scheduler`)
+SCHEDULES = {"polynomial": "polynomial", "cosine": "cosine", "constant": "constant_with_warmup"}
+# Accelerate's mixed precision settings
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # metrics for which lower is better; every other metric is "higher is better"
 LOWER_IS_BETTER = frozenset({"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss"})
 # the data sources, each named by its keys; data_dir completes a benchmark, the columns a Hub dataset
@@ -56,6 +61,14 @@ def check_field_types(instance: Any) -> None:
         setattr(instance, name, value)
 
 
+def check_choice(instance: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Raises ValueError when the field `name` of `instance` is not one of `choices`."""
+    value = getattr(instance, name)
+    if value not in choices:
+        expected = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+        raise ValueError(f"Unknown {name} {value!r}; expected {expected}.")
+
+
 def _check_at_least(instance: Any, minimum: int, *names: str) -> None:
     """Raises ValueError naming the first of the fields `names` of `instance` below `minimum` (None passes)."""
     for name in names:
@@ -75,7 +88,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Create a random SAM of this variant (tiny, vit-b, ...) at base_model if it is absent."},
     )
-    method: str = field(default="conv_lora", metadata={"help": f"One of {METHODS}."})
+    method: str = field(default="conv_lora", metadata={"help": f"One of {TRAINED_METHODS}."})
     num_labels: int = field(default=1, metadata={"help": "1 for binary tasks, K for K classes."})
     num_mask_tokens: int | None = field(default=None, metadata={"help": "Mask tokens of a multi-class model."})
     semantic_loss: str = field(
@@ -93,8 +106,7 @@ class ModelArguments:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown method {self.method!r}; expected one of {METHODS}.")
+        get_method(self.method)  # an unknown method, or one of another recipe, is an error listing these
         _check_at_least(self, 1, "num_labels", "r", "num_experts", "cad_image_size")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be between 1 and num_experts ({self.num_experts}), got {self.top_k}")
@@ -207,10 +219,8 @@ class TrainArguments:
         check_field_types(self)
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. 'user/sam-conv-lora-kvasir').")
-        if self.lr_schedule not in ("polynomial", "cosine", "constant"):
-            raise ValueError(f"Unknown lr_schedule {self.lr_schedule!r}; expected polynomial, cosine or constant.")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; expected no, fp16 or bf16.")
+        check_choice(self, "lr_schedule", tuple(SCHEDULES))
+        check_choice(self, "mixed_precision", MIXED_PRECISIONS)
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps} (use null for no limit)")
         if self.learning_rate <= 0:
@@ -336,10 +346,11 @@ def parse_args(
     (model_args, data_args, train_args), _ = parse_config(
         ARGUMENT_CLASSES, argv, replaced_together=(source,), description=description, usage=usage
     )
-    if data_args.cache_embeddings and model_args.method not in FROZEN_ENCODER_METHODS:
+    if data_args.cache_embeddings and not METHODS[model_args.method].frozen_encoder:
+        frozen = [name for name in TRAINED_METHODS if METHODS[name].frozen_encoder]
         raise ValueError(
-            "cache_embeddings needs a method that keeps the image encoder frozen "
-            f"({', '.join(FROZEN_ENCODER_METHODS)}); {model_args.method} changes the encoder's output as it trains."
+            f"cache_embeddings needs a method that keeps the image encoder frozen ({', '.join(frozen)}); "
+            f"{model_args.method} changes the encoder's output as it trains."
         )
     if model_args.random_base is not None or Path(model_args.base_model).is_dir():
         # a local base model is recorded (run file, adapter config, card) by its absolute path: the run then loads

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from huggingface_hub import constants
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 
 from ..data import (
     binary_dataset,
@@ -21,8 +21,7 @@ from ..data import (
 )
 from ..data.preprocessing import Augmentation
 from ..modeling import SamForSemanticSegmentation, random_sam
-from ..tuners.cad import CadConfig
-from ..tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
+from ..modeling.methods import get_method
 from .arguments import DataArguments, ModelArguments
 from .embedding_cache import EmbeddingCache
 
@@ -35,13 +34,9 @@ def ensure_random_base(args: ModelArguments) -> None:
 
 
 def build_model(args: ModelArguments) -> torch.nn.Module:
-    """`SamForSemanticSegmentation` from `args.base_model` with the method's trainable weights.
-
-    conv_lora / lora: a PEFT model whose adapters sit on every vision block's qkv and whose mask decoder is trained
-    in full (sam-peft's default for this model; named explicitly for peft's LoRA). cad: a PEFT model with CAD's
-    convolutional adapter beside the frozen image encoder, and the mask decoder trained. decoder_only: the encoders
-    frozen.
-    """
+    """`SamForSemanticSegmentation` from `args.base_model` with the method's trainable weights: a PEFT model with
+    the method's adapter (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or, for decoder_only,
+    the model with its encoders frozen."""
     model = SamForSemanticSegmentation.from_pretrained(
         args.base_model,
         num_labels=args.num_labels,
@@ -51,29 +46,8 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
     )
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if args.method == "decoder_only":
-        return model.freeze_encoders()
-    if args.method == "cad":
-        channels = model.config.vision_config.output_channels  # the adapter's output is added to the embedding
-        return get_peft_model(model, CadConfig(image_size=args.cad_image_size, channels=channels, scale=args.cad_scale))
-    if args.method == "conv_lora":
-        config = ConvLoraConfig(
-            r=args.r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            num_experts=args.num_experts,
-            top_k=args.top_k,
-            moe_loss_weight=args.moe_loss_weight,
-        )
-    else:
-        config = LoraConfig(
-            r=args.r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=SAM_QKV_TARGET,
-            modules_to_save=["mask_decoder"],
-        )
-    return get_peft_model(model, config)
+    config = get_method(args.method).build(args, model)
+    return model.freeze_encoders() if config is None else get_peft_model(model, config)
 
 
 def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:

@@ -49,6 +49,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..modeling.methods import METHODS
 from ..tuners.cad import CadVisionEncoder
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ class EntryStore:
         return len(leftovers)
 
 
+def _frozen_encoder_methods() -> str:
+    return ", ".join(method.title for method in METHODS.values() if method.frozen_encoder)
+
+
 def frozen_vision_encoder(model: nn.Module) -> tuple[nn.Module, CadVisionEncoder | None]:
     """The frozen SAM image encoder of `model` (a SAM model, CAD-wrapped or not, or a PeftModel of one).
 
@@ -218,7 +223,7 @@ def frozen_vision_encoder(model: nn.Module) -> tuple[nn.Module, CadVisionEncoder
         raise ValueError(
             f"The vision encoder holds an adapter layer ({adapted!r}, {type(base.get_submodule(adapted)).__name__}): "
             "its output changes as the adapter trains, so it cannot be cached. The embedding cache serves methods "
-            "that keep the encoder frozen: decoder-only tuning and CAD."
+            f"that keep the encoder frozen: {_frozen_encoder_methods()}."
         )
     return base, cad
 
@@ -285,7 +290,7 @@ class EmbeddingCache:
         if trainable:
             raise ValueError(
                 f"The vision encoder has trainable parameters (e.g. {trainable[0]!r}): cached outputs would go stale "
-                "as it trains. Freeze it (decoder-only tuning, CAD) to use the embedding cache."
+                f"as it trains. Freeze it ({_frozen_encoder_methods()}) to use the embedding cache."
             )
 
     def entry_keys(

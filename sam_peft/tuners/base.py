@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from peft import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from torch import nn
 
 from .targets import layer_index_allowed
@@ -27,6 +28,31 @@ class SamPeftConfigMixin:
             hook(self, save_directory, kwargs.get("auto_mapping_dict"))
 
 
+class UnmergeableLayer(BaseTunerLayer):
+    """A tuner layer whose adapters are never merged into the base weights (no sam-peft method can be).
+
+    Each method states why once, on its layer class: `method` (its name in messages) and `merge_refusal` (the
+    reason). The layer's `merge` and the model's `merge_adapter` / `merge_and_unload` raise the same error.
+    """
+
+    method: ClassVar[str] = ""
+    merge_refusal: ClassVar[str] = ""
+
+    @classmethod
+    def merge_error(cls) -> ValueError:
+        """The error every merge of this method raises."""
+        return ValueError(
+            f"{cls.method} adapters cannot be merged: {cls.merge_refusal} Keep the adapter as it is, or use "
+            "`unload()` to remove the adapters and get the original model back."
+        )
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise self.merge_error()
+
+    def unmerge(self) -> None:
+        warnings.warn(f"Nothing to unmerge: {self.method} adapters are never merged.", stacklevel=2)
+
+
 class SamPeftTuner(BaseTuner):
     """peft's `BaseTuner` with two fixes that SAM models need.
 
@@ -41,17 +67,14 @@ class SamPeftTuner(BaseTuner):
     class branch); an explicit `modules_to_save` (even `[]`) overrides it. (A class attribute rather than an
     isinstance check: tuners sit below `sam_peft.modeling` and do not import it.)
 
-    No sam-peft method can be merged into the base weights; each tuner says why in `merge_refusal`, and
-    `merge_adapter` and `merge_and_unload` raise with that reason.
+    No sam-peft method can be merged into the base weights: `merge_adapter` and `merge_and_unload` raise the
+    error of the tuner's layer class (an `UnmergeableLayer`), which states why.
     """
 
-    merge_refusal: ClassVar[str] = ""
+    tuner_layer_cls: ClassVar[type[UnmergeableLayer]]
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            f"{self.merge_refusal} Use the model as is, or `unload()` to remove the adapters and get the original "
-            "model back."
-        )
+        raise self.tuner_layer_cls.merge_error()
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         self._check_merge_allowed()

@@ -1,23 +1,19 @@
 """What the tuner layers of CAD, SAM-Adapter and SLoRA share: each sits beside a base module that has no `weight`
-of its own (a whole encoder, attention module, block or neck), keeps its adapters in float32, and cannot be merged.
+of its own (a whole encoder, attention module, block or neck), keeps its adapters in float32, and is never merged.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .base import UnmergeableLayer
 
-class UnmergeableLayer(BaseTunerLayer):
-    """A tuner layer beside its base module. Subclasses set `method` (its name in messages) and `merge_refusal`
-    (why it cannot be merged)."""
 
-    method: str = ""
-    merge_refusal: str = ""
+class SideLayer(UnmergeableLayer):
+    """A tuner layer beside its base module. Subclasses set `method` and `merge_refusal` (`UnmergeableLayer`)."""
 
     def _init_base_layer(self, base_layer: nn.Module) -> None:
         self.base_layer = base_layer
@@ -35,15 +31,6 @@ class UnmergeableLayer(BaseTunerLayer):
         if self.disable_adapters:
             return []
         return [name for name in self.active_adapters if name in adapter_dict]
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            f"{self.method} cannot be merged: {self.merge_refusal} Keep the adapter as it is, or use `unload()` to get "
-            "the original model back."
-        )
-
-    def unmerge(self) -> None:
-        warnings.warn(f"Nothing to unmerge: {self.method} adapters are never merged.", stacklevel=2)
 
 
 class BaseLayerAttributes(nn.Module):

@@ -8,20 +8,20 @@ import torch
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
 
-from ..side_layers import BaseLayerAttributes, UnmergeableLayer
+from ..side_layers import BaseLayerAttributes, SideLayer
 from .adapter import ConvAdapter
 from .config import CadConfig
 
 
-class CadLayer(UnmergeableLayer):
+class CadLayer(SideLayer):
     """Adapter state of a CAD-wrapped vision encoder: per adapter, its `ConvAdapter` and output scale."""
 
     adapter_layer_names = ("cad_adapter",)
     other_param_names = ("cad_scale",)
     method = "CAD"
     merge_refusal = (
-        "CAD is a separate network beside the frozen encoder whose output is added to the image embedding, so "
-        "there is no weight to merge it into."
+        "the adapter is a separate network beside the frozen encoder whose output is added to the image embedding, "
+        "not a change of any encoder weight."
     )
 
     def __init__(self, base_layer: nn.Module) -> None:

@@ -29,10 +29,6 @@ class CadModel(SamPeftTuner):
     """
 
     prefix: str = "cad_"
-    merge_refusal = (
-        "CAD adapters cannot be merged: the adapter is a separate CNN whose output is added to the image embedding, "
-        "not a change of any encoder weight, so there is nothing to merge."
-    )
     tuner_layer_cls = CadLayer
     target_module_mapping: ClassVar[dict[str, str]] = {
         "sam": SAM_VISION_ENCODER_TARGET,

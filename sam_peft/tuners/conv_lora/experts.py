@@ -3,8 +3,8 @@
 The fast path (`ConvExperts.forward`) sorts the (window, expert) pairs with a non-zero gate by expert once, gathers
 the windows in that order, runs one batched resize-conv-resize per expert that received any window, and scatters the
 gate-weighted results back with one `index_add`. It needs one number per expert on the host (how many windows it
-received, to size its batch), so it synchronises with the device once per call; the per-expert reference path
-(`ConvExperts.forward_reference`) synchronises once per expert (`nonzero`).
+received, to size its batch), so it synchronises with the device once per call, where running the experts one
+after another on their `nonzero` windows would synchronise once per expert.
 
 Why one synchronisation remains: each expert resizes by its own scale, so its windows form a batch of their own whose
 length depends on the routing. Kernels launched from Python need that length on the host. The alternatives without it
@@ -75,12 +75,6 @@ class ConvExperts(nn.Module):
 
     The expert weights are stacked: `weight` (M, r, r, 3, 3) and `bias` (M, r), so that one adapter's experts
     are two tensors in its state dict. Each conv is initialised like PyTorch's `nn.Conv2d` default, biases at 0.
-
-    Attributes:
-        use_reference: Run `forward_reference` (one gather and scatter per expert) instead of the grouped fast path;
-            both give the same result. For tests and benchmarks.
-        channels_last: Give the convolutions channels-last input. Off by default: with r = 3 channels it did not
-            help on CPU (the bicubic resizes got slower); on a GPU it is still to be measured.
     """
 
     def __init__(self, rank: int, scales: list[int]) -> None:
@@ -90,8 +84,6 @@ class ConvExperts(nn.Module):
         self.bias = nn.Parameter(torch.zeros(len(scales), rank))
         for expert_weight in self.weight.data:
             nn.init.kaiming_uniform_(expert_weight, a=math.sqrt(5))
-        self.use_reference = False
-        self.channels_last = False
 
     def expert(self, index: int, z: torch.Tensor) -> torch.Tensor:
         """Expert `index` on z (n, r, h, w) -> (n, r, h, w)."""
@@ -99,8 +91,6 @@ class ConvExperts(nn.Module):
         scale = self.scales[index]
         if scale != 1:
             z = F.interpolate(z, size=(height * scale, width * scale), mode="bicubic", align_corners=False)
-        if self.channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)
         z = F.gelu(F.conv2d(z, self.weight[index], self.bias[index], padding=1))
         if scale != 1:
             z = F.interpolate(z, size=(height, width), mode="bicubic", align_corners=False)
@@ -113,11 +103,9 @@ class ConvExperts(nn.Module):
     def forward(self, z: torch.Tensor, gates: torch.Tensor, routing: ExpertRouting | None = None) -> torch.Tensor:
         """`sum_i G_i * E_i(z)` for z (N, r, h, w) and gates (N, M): each expert runs once, on all of its windows.
 
-        `routing` is `self.route(gates)` when the caller computed it ahead. The result is added in the order of the
-        reference path (expert by expert onto zeros), so the two agree to rounding.
+        `routing` is `self.route(gates)` when the caller computed it ahead. The results are added expert by expert
+        onto zeros, the order of running the experts one after another, so both agree to rounding.
         """
-        if self.use_reference:
-            return self.forward_reference(z.contiguous(), gates)
         routing = self.route(gates) if routing is None else routing
         counts = routing.counts
         mixture = torch.zeros_like(z, memory_format=torch.contiguous_format)
@@ -129,15 +117,3 @@ class ConvExperts(nn.Module):
         outputs = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # (S, r, h, w)
         weighted = outputs * routing.weights.to(z.dtype)[:, None, None, None]
         return mixture.index_add(0, rows, weighted.to(mixture.dtype))
-
-    def forward_reference(self, z: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """`sum_i G_i * E_i(z)` for z (N, r, h, w) and gates (N, M), one expert at a time: the straightforward path
-        the fast one is tested against."""
-        mixture = torch.zeros_like(z)
-        for index in range(len(self.scales)):
-            rows = gates[:, index].nonzero().squeeze(1)  # samples routed to this expert
-            if rows.numel() == 0:
-                continue
-            weight = gates[rows, index].to(z.dtype)[:, None, None, None]
-            mixture = mixture.index_add(0, rows, self.expert(index, z[rows]) * weight)
-        return mixture

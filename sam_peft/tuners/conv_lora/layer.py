@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..auxiliary import AuxiliaryLossSlot
+from ..base import UnmergeableLayer
 from .config import ConvLoraConfig
 from .experts import ConvExperts, ExpertRouting
 
@@ -85,9 +84,14 @@ class NoisyTopKGate(nn.Module):
         return torch.where(is_in, prob_if_in, prob_if_out)
 
 
-class ConvLoraLayer(BaseTunerLayer):
+class ConvLoraLayer(UnmergeableLayer):
     """Adapter state shared by Conv-LoRA layers: per adapter A, B, gate, experts, dropout and scaling."""
 
+    method = "Conv-LoRA"
+    merge_refusal = (
+        "the convolutional experts resize and convolve each window's bottleneck features over space and route each "
+        "window on its own, which no single linear weight can express."
+    )
     adapter_layer_names = ("conv_lora_A", "conv_lora_B", "conv_lora_gate", "conv_lora_experts")
     other_param_names = ("r", "lora_alpha", "scaling", "conv_lora_dropout")
 
@@ -203,16 +207,6 @@ class Linear(nn.Module, ConvLoraLayer):
             total_loss = loss if total_loss is None else total_loss + loss
         self.auxiliary_loss_slot.value = total_loss
         return result
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "Conv-LoRA adapters cannot be merged into the base weights: the convolutional experts resize and "
-            "convolve the bottleneck features over space and route each window on its own, which no single "
-            "linear weight can express. Keep the adapter unmerged, or use `unload()` to get the base model back."
-        )
-
-    def unmerge(self) -> None:
-        warnings.warn("Nothing to unmerge: Conv-LoRA adapters are never merged.", stacklevel=2)
 
     def __repr__(self) -> str:
         return "conv_lora." + super().__repr__()

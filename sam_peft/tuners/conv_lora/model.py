@@ -25,10 +25,6 @@ class ConvLoraModel(SamPeftTuner):
     """
 
     prefix: str = "conv_lora_"
-    merge_refusal = (
-        "Conv-LoRA adapters cannot be merged: the convolutional experts act on the spatial layout of each window, so "
-        "the adapter is not a linear map that could be folded into the qkv weight."
-    )
     tuner_layer_cls = ConvLoraLayer
     target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_QKV_TARGET, "sam_hq": SAM_QKV_TARGET}
 

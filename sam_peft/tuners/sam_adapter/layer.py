@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..frequency import high_pass_magnitude
-from ..side_layers import BaseLayerAttributes, UnmergeableLayer
+from ..side_layers import BaseLayerAttributes, SideLayer
 from .config import SamAdapterConfig
 
 
@@ -45,7 +45,7 @@ def _init_linear(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
-class SamAdapterLayer(UnmergeableLayer):
+class SamAdapterLayer(SideLayer):
     """What SAM-Adapter's two layer kinds share: the base layer, the prompt features, no merging."""
 
     method = "SAM-Adapter"

@@ -28,10 +28,6 @@ class SamAdapterModel(SamPeftTuner):
     """
 
     prefix: str = "sam_adapter_"
-    merge_refusal = (
-        "SAM-Adapter cannot be merged: its prompts depend on each image (high-frequency content and patch "
-        "embeddings), so they are not a change of any weight."
-    )
     tuner_layer_cls = SamAdapterLayer
     target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_BLOCK_TARGET, "sam_hq": SAM_BLOCK_TARGET}
 

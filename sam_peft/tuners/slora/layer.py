@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..side_layers import BaseLayerAttributes, UnmergeableLayer
+from ..side_layers import BaseLayerAttributes, SideLayer
 from .config import SloraConfig
 from .heat_map import points_to_heat_map
 
@@ -109,7 +109,7 @@ class SloraSharedState:
             self.heat_map = None
 
 
-class SloraLayer(UnmergeableLayer):
+class SloraLayer(SideLayer):
     """What SLoRA's two layer kinds share: the base layer, the shared state, no merging."""
 
     method = "SLoRA"

@@ -54,10 +54,6 @@ class SloraModel(SamPeftTuner):
     """
 
     prefix: str = "slora_"
-    merge_refusal = (
-        "SLoRA adapters cannot be merged: the branch runs beside the whole attention module with a LayerNorm inside, "
-        "and its prompt features depend on each image's points, so it is no change of any weight."
-    )
     tuner_layer_cls = SloraLayer
     target_module_mapping: ClassVar[dict[str, str]] = {
         "sam": SAM_ATTENTION_TARGET,
