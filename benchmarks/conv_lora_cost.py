@@ -13,6 +13,7 @@ memory).
 
     python benchmarks/conv_lora_cost.py                                 # CPU: ViT-B, 512 px, batch 2
     python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 4 --dtype bfloat16
+    python benchmarks/conv_lora_cost.py --variant sam2-hiera-s                     # SAM 2.1 (or sam3, 1008 px)
     python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 1 \
         --dtype bfloat16 --activation-checkpointing --methods conv_lora  # peak memory against the paper's 21.7 GB
 """
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 from _common import run_record
 from peft import LoraConfig, get_peft_model
 
-from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam, sam_config
-from sam_peft.tuners.conv_lora import SAM_QKV_TARGET
+from sam_peft import ConvLoraConfig, auxiliary_loss, random_sam
+from sam_peft.modeling import VARIANTS
+from sam_peft.tuners.targets import QKV_TARGETS
 
 # Paper, Table 14 (one V100, ISIC 2017): iterations per second.
 PAPER_TRAIN_RATIO = 1.64 / 1.22
@@ -46,7 +48,8 @@ NAMES = {"lora": "LoRA", "conv_lora": "Conv-LoRA"}
 def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
     sam = random_sam(args.variant, image_size=args.image_size, seed=0)
     if method == "lora":
-        config = LoraConfig(r=3, lora_alpha=32, target_modules=SAM_QKV_TARGET, modules_to_save=["mask_decoder"])
+        targets = QKV_TARGETS[sam.config.model_type]  # the projections Conv-LoRA adapts by default
+        config = LoraConfig(r=3, lora_alpha=32, target_modules=targets, modules_to_save=["mask_decoder"])
     else:
         config = ConvLoraConfig(modules_to_save=["mask_decoder"])
     model = get_peft_model(sam, config).to(args.device)
@@ -126,7 +129,7 @@ def alternate(steps: dict, warmup: int, repeats: int, device: str) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vit-b", choices=["tiny", "vit-b", "vit-l", "vit-h"])
+    parser.add_argument("--variant", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant")
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -146,10 +149,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
-    mask_size = 4 * args.image_size // sam_config(args.variant).vision_config.patch_size  # decoder output
+    models = {name: build(name, args) for name in methods}
+    with torch.no_grad():  # the decoder's output size: 4 x the embedding grid of the generation
+        mask_size = next(iter(models.values()))(pixel_values=pixel_values[:1], multimask_output=False).pred_masks.shape[
+            -1
+        ]
     target = (torch.rand(args.batch_size, mask_size, mask_size, device=args.device) > 0.5).float()
 
-    models = {name: build(name, args) for name in methods}
     trainable = {name: m.get_nb_trainable_parameters()[0] for name, m in models.items()}
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]) for name, m in models.items()}
     phases = {

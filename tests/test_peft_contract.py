@@ -1,7 +1,8 @@
 """The PEFT contract every sam-peft tuner keeps, checked the same way for each (in the style of peft's
 `tests/testing_common.py`).
 
-Each check runs over `CASES`: a tuner's config on the tiny SAM (128 px) or the tiny `SamForSemanticSegmentation`,
+Each check runs over `CASES`: a tuner's config on the tiny SAM (128 px), the tiny SAM 2 or SAM 3 tracker (Conv-LoRA,
+on every generation) or the tiny `SamForSemanticSegmentation`,
 its adapter made non-trivial first (a fresh adapter is often the identity, which would let "same outputs" checks
 pass for the wrong reason), and forward inputs that reach every part of it (e.g. SLoRA's point prompts). A new tuner
 gets the whole contract with one more `Case` line.
@@ -65,6 +66,16 @@ def sam() -> nn.Module:
     return random_sam("tiny", seed=0)
 
 
+def sam2() -> nn.Module:
+    """The tiny `Sam2Model` (128 px, four Hiera stages of widths 16..128, windows 4, 2, 4, 2, one global block)."""
+    return random_sam("sam2-tiny", seed=0)
+
+
+def sam3() -> nn.Module:
+    """The tiny `Sam3TrackerModel` (112 px, 4 blocks of width 32 on 8 x 8 tokens, separate q, k, v projections)."""
+    return random_sam("sam3-tiny", seed=0)
+
+
 def semantic() -> nn.Module:
     """The tiny binary `SamForSemanticSegmentation`, in eval mode; its mask decoder is the default
     `modules_to_save`."""
@@ -117,6 +128,7 @@ class Case:
             shapes live side by side.
         bfloat16_tolerance: How far (relative, in norm) the image embedding under bfloat16 autocast may be from
             float32's; the adapter's effect may be 2.5 times as far.
+        image_size: Side of the input images.
     """
 
     method: str
@@ -126,6 +138,7 @@ class Case:
     base: Callable[[], nn.Module] = sam
     other: Callable[[], PeftConfig] | None = None
     bfloat16_tolerance: float = 0.02  # bfloat16 keeps about 3 significant digits
+    image_size: int = 128
 
     @property
     def id(self) -> str:
@@ -158,6 +171,25 @@ CASES = [
         bfloat16_tolerance=0.1,
     ),
     Case(
+        "Conv-LoRA",
+        ConvLoraConfig,
+        randomise(0.1),
+        POINTS,
+        base=sam2,
+        other=lambda: ConvLoraConfig(r=2, num_experts=4),
+        bfloat16_tolerance=0.1,
+    ),
+    Case(
+        "Conv-LoRA",
+        ConvLoraConfig,
+        randomise(0.1),
+        POINTS,
+        base=sam3,
+        other=lambda: ConvLoraConfig(r=2, num_experts=4),
+        bfloat16_tolerance=0.1,
+        image_size=112,
+    ),
+    Case(
         "CAD",
         lambda: CadConfig(image_size=64, channels=32),
         randomise(0.05),
@@ -185,6 +217,12 @@ CASES = [
 @pytest.fixture(params=CASES, ids=lambda case: case.id)
 def case(request) -> Case:
     return request.param
+
+
+@pytest.fixture
+def pixel_values(case: Case) -> torch.Tensor:
+    """Two random images of the case's size."""
+    return torch.randn(2, 3, case.image_size, case.image_size, generator=torch.Generator().manual_seed(1))
 
 
 _BASES: dict[Callable[[], nn.Module], nn.Module] = {}
@@ -485,6 +523,10 @@ def test_save_and_load_in_a_fresh_base_model_or_a_second_name(case, pixel_values
 
 def test_activation_checkpointing_gives_the_same_gradients(case, pixel_values):
     model = adapted(case).train()
+    if not model.supports_gradient_checkpointing:  # transformers' Sam2Model and Sam3TrackerModel (5.25)
+        with pytest.raises(ValueError, match="does not support activation checkpointing"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
     encoder = model.vision_encoder
     calls = []  # of the last block's MLP, inside its checkpointed forward: a recomputation shows
     encoder.layers[-1].mlp.register_forward_pre_hook(lambda *args: calls.append(encoder.gradient_checkpointing))

@@ -61,7 +61,7 @@ def offline_readme(readme_world, monkeypatch):
 
 
 def test_readme_has_the_blocks_this_test_runs():
-    assert len(BLOCKS) == 5 and sum("facebook/sam-vit-base" in block for block in BLOCKS) == 3
+    assert len(BLOCKS) == 6 and sum("facebook/sam-vit-base" in block for block in BLOCKS) == 3
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[block.splitlines()[0][:40] for block in BLOCKS])

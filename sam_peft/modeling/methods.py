@@ -15,8 +15,9 @@ from typing import Any
 from peft import LoraConfig, PeftConfig
 
 from ..tuners.cad import CadConfig
-from ..tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
+from ..tuners.conv_lora import ConvLoraConfig
 from ..tuners.sam_adapter import SamAdapterConfig
+from ..tuners.targets import QKV_TARGETS, default_target_modules
 
 TRAIN_RECIPE = "recipes/train.py"
 CONTINUAL_RECIPE = "recipes/continual.py"
@@ -61,12 +62,12 @@ def _conv_lora(args: Any, model: Any) -> PeftConfig:
 
 
 def _lora(args: Any, model: Any) -> PeftConfig:
-    # peft's LoRA does not know the model's task head: the mask decoder is named
+    # peft's LoRA knows neither SAM's attention projections nor the model's task head: both are named
     return LoraConfig(
         r=args.r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=SAM_QKV_TARGET,
+        target_modules=default_target_modules("LoRA", QKV_TARGETS, model.config.to_dict()),
         modules_to_save=["mask_decoder"],
     )
 

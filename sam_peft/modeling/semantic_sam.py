@@ -38,6 +38,7 @@ from transformers.models.sam.modeling_sam import (
 from transformers.utils import ModelOutput
 
 from ..tuners.auxiliary import auxiliary_loss
+from ..tuners.targets import ARCHITECTURES, architecture_name
 from .losses import BINARY_LOSSES, binary_segmentation_loss, semantic_set_loss
 
 # Used when a multi-class config leaves `num_mask_tokens` unset. Each target segment of an image needs its own
@@ -46,6 +47,18 @@ DEFAULT_MULTICLASS_MASK_TOKENS = 5
 
 # Checkpoint classes whose weights `SamForSemanticSegmentation.from_pretrained` converts, by `model_type`.
 _SAM_CHECKPOINT_CLASSES = {"sam": SamModel, "sam_hq": SamHQModel}
+
+
+def check_sam_generation(model_type: str | None, source: str) -> None:
+    """Raises ValueError when `model_type` is a SAM generation that `SamForSemanticSegmentation` does not build (SAM
+    2, SAM 3, EdgeTAM): their configs must never become a SAM 1 model. `source` names the config in the message."""
+    if model_type in ARCHITECTURES and model_type not in _SAM_CHECKPOINT_CLASSES:
+        raise ValueError(
+            f"{source} is a {architecture_name(model_type)} config; SamForSemanticSegmentation builds SAM and SAM-HQ "
+            f"models only (model_type in {sorted(_SAM_CHECKPOINT_CLASSES)}): the prompt-free head of this generation "
+            "is not available yet. Its prompted model (transformers' own class) takes Conv-LoRA and LoRA adapters."
+        )
+
 
 # Keyword arguments of `from_pretrained` that locate files rather than configure the model.
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
@@ -128,6 +141,14 @@ class SamSemanticSegmentationConfig(SamConfig):
         config_dict = config.to_dict()
         for key in ("model_type", "architectures", "transformers_version"):
             config_dict.pop(key, None)
+        model_type = getattr(config, "model_type", None)
+        check_sam_generation(model_type, f"The {type(config).__name__}")
+        if model_type not in _SAM_CHECKPOINT_CLASSES:
+            raise ValueError(
+                f"The {type(config).__name__} is not a SAM config: its model_type is {model_type!r}. "
+                f"SamForSemanticSegmentation builds SAM and SAM-HQ models (model_type in "
+                f"{sorted(_SAM_CHECKPOINT_CLASSES)})."
+            )
         if not isinstance(config, cls) and has_generic_labels(config):
             config_dict.pop("id2label", None)
             config_dict.pop("label2id", None)
@@ -474,6 +495,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         download_kwargs = {key: kwargs[key] for key in _DOWNLOAD_KWARGS if key in kwargs}
         config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **download_kwargs)
         model_type = config_dict.get("model_type")
+        check_sam_generation(model_type, repr(pretrained_model_name_or_path))
         if model_type not in _SAM_CHECKPOINT_CLASSES or not isinstance(config_dict.get("vision_config"), dict):
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} is not a SAM checkpoint: its config has model_type={model_type!r}"

@@ -10,7 +10,7 @@ from peft import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from torch import nn
 
-from .targets import layer_index_allowed
+from .targets import default_target_modules, layer_index_allowed
 
 # Called as `hook(config, directory, auto_mapping)` after a sam-peft adapter config is saved into `directory` (by
 # `PeftModel.save_pretrained`, once its weights are written there; `auto_mapping` is peft's record of the base model
@@ -61,6 +61,10 @@ class SamPeftTuner(BaseTuner):
     - Replacing a module that has no `weight` of its own (the `mask_decoder` in `modules_to_save`, when
       `unload()` puts it back) does not try to copy one: peft's default does, and fails.
 
+    Default targets come from the model's architecture (`model_type`: SAM, SAM-HQ, SAM 2, SAM 3's tracker; the
+    tables are in `sam_peft.tuners.targets`); on an architecture a method does not apply to, the error names it
+    and says why.
+
     And one default: a model class may name, in a class attribute `peft_default_modules_to_save`, the modules
     that are its task head, to be trained and saved unless the config says otherwise, the way peft trains the
     classifier of a sequence-classification model. `SamForSemanticSegmentation` names its mask decoder (with its
@@ -72,6 +76,9 @@ class SamPeftTuner(BaseTuner):
     """
 
     tuner_layer_cls: ClassVar[type[UnmergeableLayer]]
+    # default targets by `model_type` (peft's own attribute), and why the method does not apply to other ones
+    target_module_mapping: ClassVar[dict[str, str]] = {}
+    unsupported_architectures: ClassVar[dict[str, str]] = {}
 
     def _check_merge_allowed(self) -> None:
         raise self.tuner_layer_cls.merge_error()
@@ -80,7 +87,10 @@ class SamPeftTuner(BaseTuner):
         self._check_merge_allowed()
 
     def _prepare_adapter_config(self, peft_config, model_config: dict):
-        peft_config = super()._prepare_adapter_config(peft_config, model_config)
+        if peft_config.target_modules is None:
+            peft_config.target_modules = default_target_modules(
+                self.tuner_layer_cls.method, self.target_module_mapping, model_config, self.unsupported_architectures
+            )
         default = getattr(type(self.model), "peft_default_modules_to_save", None)
         if peft_config.modules_to_save is None and default is not None:
             peft_config.modules_to_save = list(default)

@@ -1,10 +1,71 @@
-"""Target-module matching shared by sam-peft's tuners."""
+"""Where each SAM generation keeps what the tuners adapt, and target-module matching shared by the tuners.
+
+The default targets of a tuner depend on the architecture (`model_type` of the model's config): transformers' SAM
+and SAM-HQ (ViT, fused qkv), SAM 2 / 2.1 (`Sam2Model`: a Hiera encoder whose stages differ in width and window,
+fused qkv) and SAM 3's tracker (`Sam3TrackerModel`: a ViT with rotary position embeddings and separate q, k, v
+projections; the name `q_proj` also occurs in its mask decoder, so targets are anchored at the vision backbone).
+"""
 
 from __future__ import annotations
 
 import re
 
 from peft import PeftConfig
+
+# How people name each generation, by `model_type`.
+ARCHITECTURES = {
+    "sam": "SAM",
+    "sam_hq": "SAM-HQ",
+    "sam2": "SAM 2 (Hiera encoder)",
+    "sam3_tracker": "SAM 3 (tracker, ViT with rotary embeddings)",
+    "edgetam": "EdgeTAM (RepViT encoder)",
+}
+
+# The attention input projections of every image-encoder block: SAM's and Hiera's fused qkv, SAM 3's q, k and v.
+QKV_TARGETS = {
+    "sam": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    "sam_hq": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    "sam2": r"vision_encoder\.backbone\.blocks\.\d+\.attn\.qkv",
+    "sam3_tracker": r"vision_encoder\.backbone\.layers\.\d+\.attention\.(q|k|v)_proj",
+}
+
+# Why an encoder has nothing for a given kind of adapter to act on.
+CONVOLUTIONAL_ENCODER = (
+    "its image encoder is convolutional (RepViT): it has no attention blocks or token grid for the adapter to act on"
+)
+
+
+def architecture_name(model_type: str | None) -> str:
+    """The name of the SAM generation of `model_type` ("SAM 2 (Hiera encoder)"), or the model type itself."""
+    return ARCHITECTURES.get(model_type, f"model_type {model_type!r}")
+
+
+def default_target_modules(
+    method: str, mapping: dict[str, str], model_config: dict, unsupported: dict[str, str] | None = None
+) -> str:
+    """The default `target_modules` of `method` on the model whose config (as a dict) is `model_config`.
+
+    Args:
+        method: The method's name, for messages.
+        mapping: Default targets by `model_type`.
+        model_config: The model's config; its `model_type` selects the targets.
+        unsupported: Why the method does not apply, by `model_type`.
+
+    Raises:
+        ValueError: naming the architecture and why the method does not apply to it, or that it has no default
+            targets there (pass `target_modules`).
+    """
+    model_type = model_config.get("model_type")
+    reason = (unsupported or {}).get(model_type)
+    if reason is not None:
+        raise ValueError(f"{method} cannot adapt {architecture_name(model_type)}: {reason}.")
+    if model_type not in mapping:
+        known = ", ".join(architecture_name(name) for name in mapping)
+        raise ValueError(
+            f"{method} has no default targets for {architecture_name(model_type)}; it knows {known}. Pass "
+            "`target_modules` to adapt another model."
+        )
+    return mapping[model_type]
 
 
 def layer_index_allowed(config: PeftConfig, key: str) -> bool:

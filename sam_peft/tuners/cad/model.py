@@ -34,6 +34,13 @@ class CadModel(SamPeftTuner):
         "sam": SAM_VISION_ENCODER_TARGET,
         "sam_hq": SAM_VISION_ENCODER_TARGET,
     }
+    unsupported_architectures: ClassVar[dict[str, str]] = {
+        name: (
+            "its side network adds to SAM's single image embedding, while this decoder also reads high-resolution "
+            "FPN levels, for which CAD has no branch yet"
+        )
+        for name in ("sam2", "sam3_tracker", "edgetam")
+    }
 
     def _create_and_replace(
         self,

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from peft import PeftConfig
 
 from ..base import SamPeftConfigMixin
+from ..targets import QKV_TARGETS
 
 CONV_LORA = "CONV_LORA"
 
 # Every vision block's fused qkv projection of transformers' SamModel / SamHQModel. A regex rather than the bare
 # name: bare decoder names such as `lin1` or `q_proj` would also match modules of the mask decoder.
-SAM_QKV_TARGET = r"vision_encoder\.layers\.\d+\.attn\.qkv"
+SAM_QKV_TARGET = QKV_TARGETS["sam"]
 
 
 @dataclass
@@ -44,8 +45,13 @@ class ConvLoraConfig(SamPeftConfigMixin, PeftConfig):
             models and recipes. The paper weights it 1.0 for binary and 2.0 for multi-class tasks; the official
             code adds the blocks' summed balance loss to the task loss with weight 1 in both cases, which the
             default 1.0 matches.
-        target_modules: Module names (list, suffix match) or one regex (full match) to adapt. Defaults to every
-            vision block's `attn.qkv` of SAM.
+        target_modules: Module names (list, suffix match) or one regex (full match) to adapt. Defaults to the
+            attention input projections of every image-encoder block, by architecture
+            (`sam_peft.tuners.targets.QKV_TARGETS`): the fused `attn.qkv` of SAM, SAM-HQ and SAM 2's Hiera blocks
+            (each window convolved on its own grid, whatever its stage's window size; whole images in global blocks),
+            and SAM 3's separate `q_proj`, `k_proj` and `v_proj`, each with an adapter of its own (three A, B, gates
+            and expert sets per block: 3 x 6,864 parameters per block of width 1024 with the defaults, 658,944 on
+            SAM 3's 32 blocks, against 589,824 for LoRA of rank 3 on the same projections).
         exclude_modules: Module names or regex to leave out.
         layers_to_transform: Only adapt these block indices (also with a regex `target_modules`).
         layers_pattern: Name of the module list holding the blocks, used with `layers_to_transform`.

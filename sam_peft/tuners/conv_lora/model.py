@@ -7,7 +7,8 @@ from typing import ClassVar
 from torch import nn
 
 from ..base import SamPeftTuner
-from .config import SAM_QKV_TARGET, ConvLoraConfig
+from ..targets import CONVOLUTIONAL_ENCODER, QKV_TARGETS
+from .config import ConvLoraConfig
 from .layer import ConvLoraLayer, Linear
 
 
@@ -26,7 +27,8 @@ class ConvLoraModel(SamPeftTuner):
 
     prefix: str = "conv_lora_"
     tuner_layer_cls = ConvLoraLayer
-    target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_QKV_TARGET, "sam_hq": SAM_QKV_TARGET}
+    target_module_mapping: ClassVar[dict[str, str]] = QKV_TARGETS
+    unsupported_architectures: ClassVar[dict[str, str]] = {"edgetam": CONVOLUTIONAL_ENCODER}
 
     def _create_and_replace(
         self,

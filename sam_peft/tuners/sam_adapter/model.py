@@ -7,6 +7,7 @@ from typing import ClassVar
 from torch import nn
 
 from ..base import SamPeftTuner
+from ..targets import CONVOLUTIONAL_ENCODER
 from .config import SAM_BLOCK_TARGET, SamAdapterConfig
 from .layer import PromptedBlock, PromptGenerator, SamAdapterLayer
 
@@ -30,6 +31,14 @@ class SamAdapterModel(SamPeftTuner):
     prefix: str = "sam_adapter_"
     tuner_layer_cls = SamAdapterLayer
     target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_BLOCK_TARGET, "sam_hq": SAM_BLOCK_TARGET}
+    unsupported_architectures: ClassVar[dict[str, str]] = {
+        "sam2": (
+            "its prompts come from one patch embedding of one width for every block, while Hiera's stages differ in "
+            "width and resolution; not implemented yet"
+        ),
+        "sam3_tracker": "not implemented yet (the prompts are built for SAM's ViT blocks and patch embedding)",
+        "edgetam": CONVOLUTIONAL_ENCODER,
+    }
 
     def _create_and_replace(
         self,

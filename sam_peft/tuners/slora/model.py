@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..base import SamPeftTuner
+from ..targets import CONVOLUTIONAL_ENCODER
 from .config import SAM_ATTENTION_TARGET, SloraConfig, default_adapted_blocks
 from .heat_map import points_to_heat_map
 from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState
@@ -58,6 +59,17 @@ class SloraModel(SamPeftTuner):
     target_module_mapping: ClassVar[dict[str, str]] = {
         "sam": SAM_ATTENTION_TARGET,
         "sam_hq": SAM_ATTENTION_TARGET,
+    }
+    unsupported_architectures: ClassVar[dict[str, str]] = {
+        "sam2": (
+            "its down-projection A is shared by every adapted block and so needs one width, while Hiera's stages "
+            "differ in width (96 to 768 channels on Hiera-T); one A per stage is not implemented yet"
+        ),
+        "sam3_tracker": (
+            "not implemented yet: its prompt features are added at SAM's single-level neck, and SAM 3's encoder "
+            "ends in a multi-level FPN"
+        ),
+        "edgetam": CONVOLUTIONAL_ENCODER,
     }
     uses_shared_state: bool = True
 

@@ -1,0 +1,237 @@
+"""sam-peft on SAM 2 / 2.1 (`Sam2Model`, Hiera) and SAM 3's tracker (`Sam3TrackerModel`): default targets per
+architecture, Conv-LoRA's windows on each, exact parameter counts of the released sizes, training, and clear errors
+where a method or the prompt-free head does not apply (yet).
+
+The PEFT contract (several adapters, save and reload, disable, unload, merge refused, checkpointing, bfloat16) runs
+on both in tests/test_peft_contract.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from transformers import Sam2Config
+
+from sam_peft import (
+    CadConfig,
+    ConvLoraConfig,
+    SamAdapterConfig,
+    SamForSemanticSegmentation,
+    SloraConfig,
+    auxiliary_loss,
+    random_sam,
+    sam_config,
+)
+from sam_peft.tuners.conv_lora import Linear as ConvLoraLinear
+from sam_peft.tuners.targets import QKV_TARGETS, default_target_modules
+
+IMAGE_SIZE = {"sam2-tiny": 128, "sam3-tiny": 112}
+POINTS = {
+    "input_points": torch.tensor([[[[40.0, 50.0], [90.0, 20.0]]], [[[60.0, 70.0], [10.0, 100.0]]]]),
+    "input_labels": torch.tensor([[[1, 1]], [[1, 0]]]),
+    "multimask_output": False,
+}
+
+
+def pixels(variant: str) -> torch.Tensor:
+    size = IMAGE_SIZE[variant]
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def adapted_layers(model) -> dict[str, ConvLoraLinear]:
+    return {
+        name.split("base_model.model.")[-1]: m for name, m in model.named_modules() if isinstance(m, ConvLoraLinear)
+    }
+
+
+def test_conv_lora_targets_each_generations_encoder_projections_only():
+    sam2 = get_peft_model(random_sam("sam2-tiny"), ConvLoraConfig())
+    assert sorted(adapted_layers(sam2)) == [f"vision_encoder.backbone.blocks.{i}.attn.qkv" for i in range(5)]
+    sam3 = get_peft_model(random_sam("sam3-tiny"), ConvLoraConfig())
+    expected = [f"vision_encoder.backbone.layers.{i}.attention.{p}_proj" for i in range(4) for p in "kqv"]
+    assert sorted(adapted_layers(sam3)) == expected  # the mask decoder's q_proj layers are left alone
+
+
+def test_layers_to_transform_selects_blocks_on_every_generation():
+    sam2 = get_peft_model(random_sam("sam2-tiny"), ConvLoraConfig(layers_to_transform=[3, 4]))
+    assert sorted(adapted_layers(sam2)) == [f"vision_encoder.backbone.blocks.{i}.attn.qkv" for i in (3, 4)]
+    sam3 = get_peft_model(random_sam("sam3-tiny"), ConvLoraConfig(layers_to_transform=[0]))
+    assert sorted(adapted_layers(sam3)) == [f"vision_encoder.backbone.layers.0.attention.{p}_proj" for p in "kqv"]
+
+
+# What each adapted projection receives at 128 px (SAM 2) and 112 px (SAM 3), batch 2: windows of its block's own
+# size, or whole images in global blocks. Hiera: stage grids 32, 16, 8, 4; the first block of a stage still runs on the
+# previous stage's grid and window (its queries are pooled after the projection).
+WINDOWS = {
+    "sam2-tiny": {
+        "vision_encoder.backbone.blocks.0.attn.qkv": (128, 4, 4, 16),  # 64 windows of 4 x 4 per image
+        "vision_encoder.backbone.blocks.1.attn.qkv": (128, 4, 4, 16),  # stage 2's first block, stage 1's windows
+        "vision_encoder.backbone.blocks.2.attn.qkv": (128, 2, 2, 32),
+        "vision_encoder.backbone.blocks.3.attn.qkv": (2, 8, 8, 64),  # global
+        "vision_encoder.backbone.blocks.4.attn.qkv": (8, 4, 4, 64),
+    },
+    "sam3-tiny": {
+        **{f"vision_encoder.backbone.layers.{i}.attention.{p}_proj": (8, 4, 4, 32) for i in (0, 2) for p in "qkv"},
+        **{f"vision_encoder.backbone.layers.{i}.attention.{p}_proj": (2, 8, 8, 32) for i in (1, 3) for p in "qkv"},
+    },
+}
+
+
+def reference_expert(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: int) -> torch.Tensor:
+    """One expert on one window z (1, r, h, w): bicubic up by `scale`, 3 x 3 conv, GELU, bicubic back."""
+    h, w = z.shape[-2:]
+    up = F.interpolate(z, size=(h * scale, w * scale), mode="bicubic", align_corners=False) if scale > 1 else z
+    out = F.gelu(F.conv2d(up, weight, bias, padding=1))
+    return F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False) if scale > 1 else out
+
+
+def conv_lora_formula(layer: ConvLoraLinear, x: torch.Tensor) -> torch.Tensor:
+    """`base(x) + alpha / r * B(z + E_g(z))` with z = A(x) on each window's own grid and g its top-1 expert (eval)."""
+    a, b = layer.conv_lora_A["default"].weight, layer.conv_lora_B["default"].weight
+    experts = layer.conv_lora_experts["default"]
+    z = torch.einsum("nhwc,rc->nrhw", x, a)
+    chosen = (z.mean(dim=(2, 3)) @ layer.conv_lora_gate["default"].weight).argmax(1)
+    mixed = z + torch.cat(
+        [
+            reference_expert(z[n : n + 1], experts.weight[e], experts.bias[e], experts.scales[e])
+            for n, e in enumerate(chosen.tolist())
+        ]
+    )
+    return layer.base_layer(x) + layer.scaling["default"] * torch.einsum("nrhw,or->nhwo", mixed, b)
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+def test_conv_lora_convolves_each_window_on_its_own_grid(variant):
+    model = get_peft_model(random_sam(variant), ConvLoraConfig(init_weights=False)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "conv_lora_gate" in name:
+                parameter.normal_(std=3.0, generator=torch.Generator().manual_seed(len(name)))
+    records = {}
+    layers = adapted_layers(model)
+    hooks = [
+        layer.register_forward_hook(lambda module, args, output, name=name: records.update({name: (args[0], output)}))
+        for name, layer in layers.items()
+    ]
+    with torch.no_grad():
+        model(pixel_values=pixels(variant), **POINTS)
+    for hook in hooks:
+        hook.remove()
+    assert {name: tuple(x.shape) for name, (x, _) in records.items()} == WINDOWS[variant]
+    experts_used = set()
+    for name, (x, output) in records.items():
+        with torch.no_grad():
+            torch.testing.assert_close(output, conv_lora_formula(layers[name], x), rtol=1e-4, atol=1e-5)
+            z = torch.einsum("nhwc,rc->nrhw", x, layers[name].conv_lora_A["default"].weight)
+            experts_used |= set((z.mean(dim=(2, 3)) @ layers[name].conv_lora_gate["default"].weight).argmax(1).tolist())
+    assert len(experts_used) > 2, "the routing should exercise several expert scales"
+
+
+def conv_lora_count(in_features: int, out_features: int, r: int = 3, experts: int = 8) -> int:
+    """Parameters of one Conv-LoRA layer: A, B, the gate and its noise weights, the experts' 3 x 3 convs."""
+    return r * in_features + out_features * r + 2 * r * experts + experts * (9 * r * r + r)
+
+
+def hiera_projections(variant: str) -> list[tuple[int, int]]:
+    """(in, out) of every Hiera block's qkv, from the config: a stage's first block reads the previous width."""
+    backbone = sam_config(variant).vision_config.backbone_config
+    widths, blocks = backbone.embed_dim_per_stage, backbone.blocks_per_stage
+    return [
+        (widths[stage - 1] if stage > 0 and block == 0 else widths[stage], 3 * widths[stage])
+        for stage in range(4)
+        for block in range(blocks[stage])
+    ]
+
+
+def sam3_projections() -> list[tuple[int, int]]:
+    backbone = sam_config("sam3").vision_config.backbone_config
+    width = backbone.hidden_size
+    return [(width, width)] * (3 * backbone.num_hidden_layers)
+
+
+# Trainable parameters of the released sizes (adapters only, r = 3, 8 experts), counted on the meta device.
+COUNTS = {
+    "sam2-hiera-t": (63_072, 54_432),
+    "sam2-hiera-s": (84_384, 72_864),
+    "sam2-hiera-b+": (143_952, 126_672),
+    "sam2-hiera-l": (359_856, 325_296),
+    "sam3": (658_944, 589_824),
+}
+
+
+@pytest.mark.parametrize("variant", list(COUNTS))
+def test_exact_trainable_counts_of_the_released_sizes(variant):
+    projections = sam3_projections() if variant == "sam3" else hiera_projections(variant)
+    conv_lora, lora = COUNTS[variant]
+    assert conv_lora == sum(conv_lora_count(i, o) for i, o in projections)
+    assert lora == sum(3 * (i + o) for i, o in projections)
+    model = get_peft_model(random_sam(variant, device="meta"), ConvLoraConfig())
+    assert model.get_nb_trainable_parameters()[0] == conv_lora
+    model_type = sam_config(variant).model_type
+    lora_config = LoraConfig(r=3, lora_alpha=32, target_modules=QKV_TARGETS[model_type])
+    assert get_peft_model(random_sam(variant, device="meta"), lora_config).get_nb_trainable_parameters()[0] == lora
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+@pytest.mark.parametrize("method", ["conv_lora", "lora"])
+def test_a_few_steps_lower_the_prompted_loss(variant, method):
+    torch.manual_seed(0)
+    model_type = sam_config(variant).model_type
+    if method == "conv_lora":
+        config = ConvLoraConfig(modules_to_save=["mask_decoder"])
+    else:
+        config = LoraConfig(
+            r=3, lora_alpha=32, target_modules=QKV_TARGETS[model_type], modules_to_save=["mask_decoder"]
+        )
+    model = get_peft_model(random_sam(variant), config)
+    images = pixels(variant)
+    size = 32  # the decoder's low-resolution masks: 4 x the embedding grid of 8 x 8
+    target = torch.zeros(2, 1, size, size)
+    target[:, :, 8:16, 8:16] = 1
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(8):
+        masks = model(pixel_values=images, **POINTS).pred_masks[:, 0]
+        loss = F.binary_cross_entropy_with_logits(masks, target)
+        optimizer.zero_grad()
+        (loss + auxiliary_loss(model)).backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+@pytest.mark.parametrize(
+    ("config", "method"),
+    [(SloraConfig, "SLoRA"), (lambda: CadConfig(image_size=64, channels=32), "CAD"), (SamAdapterConfig, "SAM-Adapter")],
+)
+def test_methods_that_do_not_apply_say_which_architecture_and_why(variant, config, method):
+    name = "SAM 2 (Hiera encoder)" if variant.startswith("sam2") else "SAM 3 (tracker"
+    with pytest.raises(ValueError, match=rf"^{method} cannot adapt {re.escape(name)}.*: \w+"):
+        get_peft_model(random_sam(variant), config())
+
+
+def test_the_target_table_refuses_convolutional_and_unknown_encoders():
+    with pytest.raises(ValueError, match=r"Conv-LoRA cannot adapt EdgeTAM \(RepViT encoder\): .*convolutional"):
+        default_target_modules("Conv-LoRA", QKV_TARGETS, {"model_type": "edgetam"}, {"edgetam": "it is convolutional"})
+    with pytest.raises(ValueError, match=r"no default targets for model_type 'vit'; it knows SAM, .* Pass `target_"):
+        default_target_modules("Conv-LoRA", QKV_TARGETS, {"model_type": "vit"})
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+def test_the_prompt_free_head_never_builds_sam_1_from_a_later_generation(variant, tmp_path):
+    config = sam_config(variant)
+    with pytest.raises(ValueError, match=r"SamForSemanticSegmentation builds SAM and SAM-HQ models only"):
+        SamForSemanticSegmentation(config)
+    random_sam(variant).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"is a SAM \d .* config; SamForSemanticSegmentation builds SAM and SAM-HQ"):
+        SamForSemanticSegmentation.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="SAM 2"):
+        SamForSemanticSegmentation(Sam2Config())
