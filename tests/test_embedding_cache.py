@@ -229,7 +229,8 @@ def test_training_with_and_without_the_cache_gives_the_same_loss_curve(tmp_path,
 
 def test_errors_name_the_problem(tmp_path, pixel_values):
     lora = get_peft_model(frozen_sam(), LoraConfig(target_modules=r"vision_encoder\.layers\.\d+\.attn\.qkv"))
-    with pytest.raises(ValueError, match=r"holds an adapter layer \('layers.0.attn.qkv', Linear\).*CAD, Decoder-only tuning"):
+    adapter_error = r"holds an adapter layer \('layers.0.attn.qkv', Linear\).*CAD, Decoder-only tuning"
+    with pytest.raises(ValueError, match=adapter_error):
         EmbeddingCache(tmp_path, lora)
     with pytest.raises(ValueError, match="has no `vision_encoder`"):
         frozen_vision_encoder(torch.nn.Linear(2, 2))

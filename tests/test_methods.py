@@ -51,7 +51,7 @@ def test_each_recipe_method_builds_what_its_entry_says(name, tiny_base):
         encoder, _ = frozen_vision_encoder(model)
         assert not any(p.requires_grad for p in encoder.parameters())
     else:
-        with pytest.raises(ValueError, match="cannot be cached.*keep the encoder frozen: CAD, Decoder-only tuning"):
+        with pytest.raises(ValueError, match=r"cannot be cached.*keep the encoder frozen: CAD, Decoder-only tuning"):
             frozen_vision_encoder(model)
     peft_config = getattr(model, "peft_config", {}).get("default")
     if method.peft_type == "DECODER_ONLY":

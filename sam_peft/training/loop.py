@@ -30,7 +30,6 @@ from .run_folder import LOGS_DIR
 LossFunction = Callable[[nn.Module, Any], dict[str, Tensor]]
 
 
-
 def recipe_accelerator(
     output_dir: str | os.PathLike,
     report_to: str | None,
