@@ -1,6 +1,7 @@
 """sam-peft on SAM 2 / 2.1 (`Sam2Model`, Hiera) and SAM 3's tracker (`Sam3TrackerModel`): default targets per
-architecture, Conv-LoRA's windows on each, exact parameter counts of the released sizes, training, and clear errors
-where a method or the prompt-free head does not apply (yet).
+architecture, Conv-LoRA's windows on each, CAD's side network on the last FPN level, exact parameter counts of the
+released sizes, training, and clear errors where a method, the prompt-free head or the embedding cache does not
+apply (yet).
 
 The PEFT contract (several adapters, save and reload, disable, unload, merge refused, checkpointing, bfloat16) runs
 on both in tests/test_peft_contract.py.
@@ -27,6 +28,7 @@ from sam_peft import (
     random_sam,
     sam_config,
 )
+from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.conv_lora import Linear as ConvLoraLinear
 from sam_peft.tuners.targets import QKV_TARGETS, default_target_modules
 
@@ -177,13 +179,43 @@ def test_exact_trainable_counts_of_the_released_sizes(variant):
     assert get_peft_model(random_sam(variant, device="meta"), lora_config).get_nb_trainable_parameters()[0] == lora
 
 
+def fpn_levels(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """The FPN levels the vision encoder of `model` gives for `images` (the decoder reads the last one)."""
+    with torch.no_grad():
+        return list(model.vision_encoder(images).fpn_hidden_states)
+
+
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
-@pytest.mark.parametrize("method", ["conv_lora", "lora"])
+def test_cad_adds_its_side_network_to_the_decoders_image_embedding_only(variant):
+    base = random_sam(variant)
+    images = pixels(variant)
+    expected = fpn_levels(base, images)
+    assert len(expected) == 3
+    model = get_peft_model(base, CadConfig(image_size=64, channels=32, scale=0.5))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "cad_adapter" in name:
+                parameter.normal_(std=0.1, generator=torch.Generator().manual_seed(len(name)))
+    model.eval()
+    levels = fpn_levels(model, images)
+    for level, base_level in zip(levels[:-1], expected[:-1], strict=True):
+        assert torch.equal(level, base_level)  # the high-resolution levels are the frozen encoder's
+    layer = model.base_model.model.vision_encoder
+    with torch.no_grad():
+        side = 0.5 * layer.cad_adapter["default"](images, tuple(expected[-1].shape[-2:]))
+    assert side.abs().max() > 0
+    torch.testing.assert_close(levels[-1], expected[-1] + side)
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+@pytest.mark.parametrize("method", ["conv_lora", "lora", "cad"])
 def test_a_few_steps_lower_the_prompted_loss(variant, method):
     torch.manual_seed(0)
     model_type = sam_config(variant).model_type
     if method == "conv_lora":
         config = ConvLoraConfig(modules_to_save=["mask_decoder"])
+    elif method == "cad":
+        config = CadConfig(image_size=64, channels=32, modules_to_save=["mask_decoder"])
     else:
         config = LoraConfig(
             r=3, lora_alpha=32, target_modules=QKV_TARGETS[model_type], modules_to_save=["mask_decoder"]
@@ -210,7 +242,7 @@ def test_a_few_steps_lower_the_prompted_loss(variant, method):
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
 @pytest.mark.parametrize(
     ("config", "method"),
-    [(SloraConfig, "SLoRA"), (lambda: CadConfig(image_size=64, channels=32), "CAD"), (SamAdapterConfig, "SAM-Adapter")],
+    [(SloraConfig, "SLoRA"), (SamAdapterConfig, "SAM-Adapter")],
 )
 def test_methods_that_do_not_apply_say_which_architecture_and_why(variant, config, method):
     name = "SAM 2 (Hiera encoder)" if variant.startswith("sam2") else "SAM 3 (tracker"
@@ -235,3 +267,11 @@ def test_the_prompt_free_head_never_builds_sam_1_from_a_later_generation(variant
         SamForSemanticSegmentation.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="SAM 2"):
         SamForSemanticSegmentation(Sam2Config())
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+def test_the_embedding_cache_refuses_encoders_that_end_in_an_fpn(variant, tmp_path):
+    model = get_peft_model(random_sam(variant), CadConfig(image_size=64, channels=32))
+    with pytest.raises(ValueError, match=r"ends in an FPN whose levels the mask decoder reads .* Train without"):
+        EmbeddingCache(tmp_path, model)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -198,6 +198,23 @@ CASES = [
         other=lambda: CadConfig(image_size=128, channels=32, scale=0.5),
     ),
     Case(
+        "CAD",
+        lambda: CadConfig(image_size=64, channels=32),
+        randomise(0.05),
+        POINTS,
+        base=sam2,
+        other=lambda: CadConfig(image_size=128, channels=32, scale=0.5),
+    ),
+    Case(
+        "CAD",
+        lambda: CadConfig(image_size=56, channels=32),
+        randomise(0.05),
+        POINTS,
+        base=sam3,
+        other=lambda: CadConfig(image_size=112, channels=32, scale=0.5),
+        image_size=112,
+    ),
+    Case(
         "SAM-Adapter",
         lambda: SamAdapterConfig(scale_factor=8),
         randomise(0.5),
@@ -250,10 +267,19 @@ def outputs(model: nn.Module, case: Case, pixel_values: torch.Tensor) -> tuple[t
     return tuple(value for value in result.values() if isinstance(value, torch.Tensor))
 
 
+def decoder_input(output: Any) -> torch.Tensor:
+    """The image embedding the mask decoder attends to, from a vision encoder's output: SAM's `last_hidden_state`,
+    or the last FPN level of SAM 2 and SAM 3."""
+    levels = getattr(output, "fpn_hidden_states", None)
+    return levels[-1] if levels is not None else output[0]
+
+
 def image_embeddings(model: nn.Module, case: Case, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The vision encoder's output in a forward of `model`, as float32: every sam-peft method acts there."""
+    """The vision encoder's image embedding in a forward of `model`, as float32: every sam-peft method acts there."""
     captured = []
-    handle = model.vision_encoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    handle = model.vision_encoder.register_forward_hook(
+        lambda module, args, output: captured.append(decoder_input(output))
+    )
     try:
         outputs(model, case, pixel_values)
     finally:
@@ -556,7 +582,7 @@ def test_bfloat16_autocast_runs_and_stays_close(case, pixel_values):
         torch.manual_seed(0)  # the same random draws (e.g. gate noise) in both forwards
         full = image_embeddings(model, case, pixel_values)
     captured = []
-    model.vision_encoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    model.vision_encoder.register_forward_hook(lambda module, args, output: captured.append(decoder_input(output)))
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = loss(model, case, pixel_values)

@@ -170,6 +170,7 @@ def _sam3_config(variant: str, image_size: int | None) -> Sam3TrackerConfig:
         backbone_config=backbone,
         fpn_hidden_size=hidden,
         backbone_feature_sizes=[[grid * 4, grid * 4], [grid * 2, grid * 2], [grid, grid]],
+        scale_factors=[4.0, 2.0, 1.0],  # the tracker's three levels (the detector's neck adds a fourth, at 0.5)
     )
     return Sam3TrackerConfig(
         vision_config=vision,

@@ -218,6 +218,12 @@ def frozen_vision_encoder(model: nn.Module) -> tuple[nn.Module, CadVisionEncoder
         raise ValueError(f"{type(model).__name__} has no `vision_encoder`: the embedding cache serves SAM models.")
     cad = encoder if isinstance(encoder, CadVisionEncoder) else None
     base = cad.base_layer if cad is not None else encoder
+    if hasattr(base, "backbone"):  # SAM 2, SAM 3: the decoder reads several FPN levels
+        raise ValueError(
+            f"The embedding cache stores SAM's single image embedding, but this vision encoder "
+            f"({type(base).__name__}) ends in an FPN whose levels the mask decoder reads (SAM 2, SAM 3): caching "
+            "them is not implemented yet. Train without the cache."
+        )
     adapted = next((name for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)), None)
     if adapted is not None:
         raise ValueError(

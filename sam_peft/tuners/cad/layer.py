@@ -40,6 +40,11 @@ class CadLayer(SideLayer):
 class CadVisionEncoder(BaseLayerAttributes, CadLayer):
     """SAM's vision encoder with CAD adapters: `last_hidden_state = encoder(x) + sum_a scale_a * adapter_a(x)`.
 
+    On SAM 2 and SAM 3's tracker, whose encoders end in an FPN, the adapters add to the lowest-resolution level
+    (`fpn_hidden_states[-1]`, the image embedding the mask decoder attends to, 256 x 64 x 64 for SAM 2 at 1024 px).
+    The two high-resolution levels, which the decoder adds while upsampling its masks, get no branch: they come
+    from the frozen encoder's early stages, as CAD leaves SAM's own encoder frozen.
+
     With an active adapter the wrapped encoder runs under `torch.no_grad()`, so none of its activations are kept
     for backward; only the adapters (and what follows the encoder) build a graph. Its other outputs
     (hidden states, attentions) are the frozen encoder's. Disabled, or without an active adapter, it is exactly the
@@ -111,6 +116,10 @@ class CadVisionEncoder(BaseLayerAttributes, CadLayer):
             raise ValueError("CAD needs the pixel_values: its adapter reads the image beside the encoder.")
         if isinstance(outputs, tuple):
             return (self.add_adapter_outputs(outputs[0], pixel_values), *outputs[1:])
+        levels = getattr(outputs, "fpn_hidden_states", None)
+        if levels is not None:  # SAM 2, SAM 3: the decoder's image embedding is the last FPN level
+            outputs.fpn_hidden_states = (*levels[:-1], self.add_adapter_outputs(levels[-1], pixel_values))
+            return outputs
         outputs.last_hidden_state = self.add_adapter_outputs(outputs.last_hidden_state, pixel_values)
         return outputs
 

@@ -30,16 +30,11 @@ class CadModel(SamPeftTuner):
 
     prefix: str = "cad_"
     tuner_layer_cls = CadLayer
-    target_module_mapping: ClassVar[dict[str, str]] = {
-        "sam": SAM_VISION_ENCODER_TARGET,
-        "sam_hq": SAM_VISION_ENCODER_TARGET,
-    }
+    target_module_mapping: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("sam", "sam_hq", "sam2", "sam3_tracker"), SAM_VISION_ENCODER_TARGET
+    )
     unsupported_architectures: ClassVar[dict[str, str]] = {
-        name: (
-            "its side network adds to SAM's single image embedding, while this decoder also reads high-resolution "
-            "FPN levels, for which CAD has no branch yet"
-        )
-        for name in ("sam2", "sam3_tracker", "edgetam")
+        "edgetam": "not implemented yet (its convolutional encoder's FPN is untested with CAD's side network)"
     }
 
     def _create_and_replace(
@@ -55,12 +50,15 @@ class CadModel(SamPeftTuner):
         if isinstance(target, CadLayer):
             target.update_layer(adapter_name, peft_config)
             return
-        if not (hasattr(target, "patch_embed") and hasattr(target, "neck")):
+        if not ((hasattr(target, "patch_embed") or hasattr(target, "backbone")) and hasattr(target, "neck")):
             raise ValueError(
                 f"CAD target {current_key!r} is a {type(target).__name__}; CAD wraps SAM's whole vision encoder (the "
-                "module with `patch_embed` and `neck` whose output is the image embedding). Check `target_modules`."
+                "module with `patch_embed` or `backbone`, and `neck`, whose output is the image embedding). Check "
+                "`target_modules`."
             )
-        output_channels = getattr(getattr(target, "config", None), "output_channels", None)
+        config = getattr(target, "config", None)
+        # the image embedding's channels: SAM's neck output, or SAM 2 / SAM 3's FPN width
+        output_channels = getattr(config, "output_channels", getattr(config, "fpn_hidden_size", None))
         if output_channels is not None and output_channels != peft_config.channels:
             raise ValueError(
                 f"CadConfig.channels is {peft_config.channels} but the image embedding of {current_key!r} has "
