@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from sam_peft.data import prepare_for_sam, sam_collate_fn
 from sam_peft.data.preprocessing import Augmentation
+from sam_peft.modeling import input_image_size
 from sam_peft.training import build_datasets, build_embedding_cache, build_model, ensure_random_base, parse_args
 
 USAGE = "python recipes/cache_embeddings.py CONFIG.yaml [--key value ...]"
@@ -30,7 +31,7 @@ def main() -> None:
     ensure_random_base(model_args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(model_args).to(device).eval()
-    image_size = data_args.image_size or model.config.vision_config.image_size
+    image_size = data_args.image_size or input_image_size(model.config)
     raw, _ = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
     cache = build_embedding_cache(data_args, model, image_size)
     cache.repair()

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from sam_peft.data import load_folder, prepare_for_sam, sam_collate_fn
 from sam_peft.hub import resolve_pretrained
+from sam_peft.modeling import input_image_size
 from sam_peft.training import (
     DataArguments,
     TrainArguments,
@@ -153,7 +154,7 @@ def main() -> None:
     verify_data_files(data_args, data[split])  # every file, before the model is loaded
 
     model = load_trained(args.adapter, args.base_model, subfolder=args.subfolder, revision=args.revision)
-    image_size = record.get("image_size", model.config.vision_config.image_size)
+    image_size = record.get("image_size", input_image_size(model.config))
     prepared = prepare_for_sam(data[split], image_size, augmentation=None)
     loader = DataLoader(prepared, batch_size=args.batch_size, collate_fn=sam_collate_fn)
     model, loader = accelerator.prepare(model, loader)

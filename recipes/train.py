@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sam_peft.data import sam_collate_fn
 from sam_peft.hub import adapter_model_card, check_push_access, push_run
-from sam_peft.modeling import SamSemanticSegmentationOutput, post_process_semantic_segmentation
+from sam_peft.modeling import SamSemanticSegmentationOutput, input_image_size, post_process_semantic_segmentation
 from sam_peft.modeling.methods import METHODS
 from sam_peft.training import (
     BEST_DIR,
@@ -110,7 +110,7 @@ def main() -> None:
     set_seed(train_args.seed)
 
     model = build_model(model_args)
-    image_size = data_args.image_size or model.config.vision_config.image_size
+    image_size = data_args.image_size or input_image_size(model.config)
     raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
     # Each loader draws its iterators' seeds from a generator of its own, not from the global one that the model's
     # random draws use and that checkpoints record: a resumed run draws as the uninterrupted one did.
@@ -225,6 +225,7 @@ def main() -> None:
             metrics={k: v for k, v in _scalars(results).items() if k not in ("loss", "auxiliary_loss")},
             hyperparameters=_hyperparameters(model_args, train_args),
             trainable_parameters=sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+            base_class=type(getattr(unwrapped, "get_base_model", lambda: unwrapped)()).__name__,
         )
         split = data_args.eval_split
         with result_files(output_dir) as folder:  # moved into output_dir together, once all are written

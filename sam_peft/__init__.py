@@ -19,6 +19,8 @@ sits above the whole package. `tests/test_layers.py` checks these rules.
 from ._registration import register_all
 from .hub import write_card_on_save
 from .modeling import (
+    Sam2ForSemanticSegmentation,
+    Sam3TrackerForSemanticSegmentation,
     SamForSemanticSegmentation,
     SamSemanticSegmentationConfig,
     load_encoder_adapter,
@@ -50,6 +52,8 @@ __all__ = [
     "CadModel",
     "ConvLoraConfig",
     "ConvLoraModel",
+    "Sam2ForSemanticSegmentation",
+    "Sam3TrackerForSemanticSegmentation",
     "SamAdapterConfig",
     "SamAdapterModel",
     "SamForSemanticSegmentation",

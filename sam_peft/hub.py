@@ -88,12 +88,13 @@ def adapter_model_card(
 
     Metrics are fractions as sam-peft's metrics return them (e.g. `{"s_alpha": 0.91, "mae": 0.03}`). `base_class`
     is the class the adapter was trained on: `SamForSemanticSegmentation` (prompt-free; `num_labels` and a
-    non-default `num_mask_tokens` go into the snippet) or transformers' `SamModel` / `SamHQModel` (prompted).
+    non-default `num_mask_tokens` go into the snippet), the binary `Sam2ForSemanticSegmentation` /
+    `Sam3TrackerForSemanticSegmentation`, or transformers' `SamModel` / `SamHQModel` / `Sam2Model` (prompted).
     """
     method = method_of_peft_type(peft_type)
     method_name = peft_type if method is None else method.title
     method_description = f"A `{peft_type}` adapter." if method is None else method.description
-    if base_class != "SamForSemanticSegmentation":
+    if not base_class.endswith("ForSemanticSegmentation"):
         task = "promptable segmentation (points and boxes)"
     else:
         task = "binary segmentation" if num_labels == 1 else f"{num_labels}-class semantic segmentation"

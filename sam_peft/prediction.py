@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .data import open_image, sam_image_processor, to_rgb
 from .data.decoding import IMAGE_EXTENSIONS
-from .modeling import logits_at_original_size
+from .modeling import input_image_size, logits_at_original_size
 from .training.files import TEMPORARY_PREFIX, write_atomically, write_json_atomic
 from .training.plots import label_colors, save_overlays
 
@@ -407,7 +407,7 @@ def predict_folder(
     _write_manifest(output_dir, {*previous, *planned}, {}, complete=False, **info)
 
     report = PredictionReport(output_dir)
-    processor = sam_image_processor(model.config.vision_config.image_size)
+    processor = sam_image_processor(input_image_size(model.config))
     with tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress) as bar:
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start : start + batch_size]

@@ -9,18 +9,24 @@ on both in tests/test_peft_contract.py.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Sam2Config
 
 from sam_peft import (
     CadConfig,
     ConvLoraConfig,
+    Sam2ForSemanticSegmentation,
+    Sam3TrackerForSemanticSegmentation,
     SamAdapterConfig,
     SamForSemanticSegmentation,
     SloraConfig,
@@ -28,6 +34,8 @@ from sam_peft import (
     random_sam,
     sam_config,
 )
+from sam_peft.modeling.losses import structure_loss
+from sam_peft.training import load_trained
 from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.conv_lora import Linear as ConvLoraLinear
 from sam_peft.tuners.targets import QKV_TARGETS, default_target_modules
@@ -257,16 +265,77 @@ def test_the_target_table_refuses_convolutional_and_unknown_encoders():
         default_target_modules("Conv-LoRA", QKV_TARGETS, {"model_type": "vit"})
 
 
+HEADS = {"sam2-tiny": Sam2ForSemanticSegmentation, "sam3-tiny": Sam3TrackerForSemanticSegmentation}
+
+
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
-def test_the_prompt_free_head_never_builds_sam_1_from_a_later_generation(variant, tmp_path):
-    config = sam_config(variant)
-    with pytest.raises(ValueError, match=r"SamForSemanticSegmentation builds SAM and SAM-HQ models only"):
-        SamForSemanticSegmentation(config)
+def test_sam_1_is_never_built_from_a_later_generation(variant, tmp_path):
+    head = HEADS[variant].__name__
+    with pytest.raises(ValueError, match=rf"SamForSemanticSegmentation builds SAM and SAM-HQ models only .*{head}"):
+        SamForSemanticSegmentation(sam_config(variant))
     random_sam(variant).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"is a SAM \d .* config; SamForSemanticSegmentation builds SAM and SAM-HQ"):
+    with pytest.raises(
+        ValueError, match=rf"is a SAM \d .* config; SamForSemanticSegmentation builds .*{head} \(binary"
+    ):
         SamForSemanticSegmentation.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="SAM 2"):
         SamForSemanticSegmentation(Sam2Config())
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+def test_prompt_free_heads_load_every_weight_and_segment_without_prompts(variant, tmp_path):
+    base = random_sam(variant)
+    base.save_pretrained(tmp_path)
+    model = HEADS[variant].from_pretrained(tmp_path, semantic_loss="structure")
+    expected = base.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    images = pixels(variant)
+    labels = torch.zeros(2, *images.shape[-2:], dtype=torch.long)
+    labels[:, 20:60, 30:70] = 1
+    labels[1, :4] = 255  # ignored
+    with torch.no_grad():
+        outputs = model(pixel_values=images, labels=labels)
+        # the model's own "no prompt" forward, one mask, at the input size
+        masks = base(pixel_values=images, multimask_output=False).pred_masks[:, 0]
+    logits = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(outputs.logits, logits)
+    torch.testing.assert_close(outputs.task_loss, structure_loss(logits, labels))
+    assert outputs.auxiliary_loss == 0 and outputs.loss == outputs.task_loss
+    with pytest.raises(ValueError, match=r"Binary labels \(num_labels=1\) must be 0, 1 or 255"):
+        model(pixel_values=images, labels=labels * 2)
+    with pytest.raises(ValueError, match=r"binary \(num_labels=1\) for now; got num_labels=3"):
+        HEADS[variant].from_pretrained(tmp_path, num_labels=3)
+
+
+TRAIN = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
+
+
+def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_path, monkeypatch):
+    """`random_base: sam2-tiny` (as `base_model: facebook/sam2.1-hiera-tiny` would be): the recipe trains the SAM 2
+    head with Conv-LoRA, the run reloads (`load_trained`), and the card's snippet loads the same adapter."""
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "quickstart.yaml"
+    argv = [str(config), "--random_base", "sam2-tiny", "--base_model", str(tmp_path / "base")]
+    argv += ["--output_dir", str(tmp_path / "run"), "--num_epochs", "1", "--batch_size", "4"]
+    argv += ["--synthetic_train_size", "8", "--synthetic_eval_size", "4", "--report_to", "none"]
+    monkeypatch.setattr(sys, "argv", [str(TRAIN), *argv])
+    runpy.run_path(str(TRAIN))["main"]()
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["iou"] <= 1 and len(metrics["train_log"]) == 2
+    card = (run / "README.md").read_text()
+    assert f'sam_peft.Sam2ForSemanticSegmentation.from_pretrained("{tmp_path / "base"}")' in card
+    trained = load_trained(run)
+    base = Sam2ForSemanticSegmentation.from_pretrained(tmp_path / "base")
+    from_card = PeftModel.from_pretrained(base, run).eval()
+    images = pixels("sam2-tiny")
+    with torch.no_grad():
+        torch.testing.assert_close(from_card(pixel_values=images).logits, trained(pixel_values=images).logits)
+    with pytest.raises(ValueError, match="num_mask_tokens applies to multi-class SAM models"):
+        monkeypatch.setattr(
+            sys, "argv", [str(TRAIN), *argv, "--output_dir", str(tmp_path / "other"), "--num_mask_tokens", "3"]
+        )
+        runpy.run_path(str(TRAIN))["main"]()
 
 
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])

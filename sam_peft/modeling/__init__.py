@@ -8,13 +8,26 @@ from .semantic_sam import (
     SamForSemanticSegmentation,
     SamSemanticSegmentationConfig,
     SamSemanticSegmentationOutput,
+    input_image_size,
     logits_at_original_size,
     post_process_semantic_segmentation,
 )
+from .semantic_sam2 import (
+    PROMPT_FREE_CLASSES,
+    Sam2ForSemanticSegmentation,
+    Sam2SemanticSegmentationConfig,
+    Sam3TrackerForSemanticSegmentation,
+    Sam3TrackerSemanticSegmentationConfig,
+)
 
 __all__ = [
+    "PROMPT_FREE_CLASSES",
     "VARIANTS",
     "BlockOutput",
+    "Sam2ForSemanticSegmentation",
+    "Sam2SemanticSegmentationConfig",
+    "Sam3TrackerForSemanticSegmentation",
+    "Sam3TrackerSemanticSegmentationConfig",
     "SamForSemanticSegmentation",
     "SamSemanticSegmentationConfig",
     "SamSemanticSegmentationOutput",
@@ -26,6 +39,7 @@ __all__ = [
     "encoder_prefix",
     "encoder_suffix",
     "init_vision_weights_",
+    "input_image_size",
     "load_encoder_adapter",
     "logits_at_original_size",
     "pool_block",

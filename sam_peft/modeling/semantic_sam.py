@@ -53,10 +53,13 @@ def check_sam_generation(model_type: str | None, source: str) -> None:
     """Raises ValueError when `model_type` is a SAM generation that `SamForSemanticSegmentation` does not build (SAM
     2, SAM 3, EdgeTAM): their configs must never become a SAM 1 model. `source` names the config in the message."""
     if model_type in ARCHITECTURES and model_type not in _SAM_CHECKPOINT_CLASSES:
+        from .semantic_sam2 import PROMPT_FREE_CLASSES  # the later generations' heads, built on this module
+
+        head = PROMPT_FREE_CLASSES.get(model_type)
+        use = f"use sam_peft.{head.__name__} (binary)" if head else "its prompt-free head is not available yet"
         raise ValueError(
             f"{source} is a {architecture_name(model_type)} config; SamForSemanticSegmentation builds SAM and SAM-HQ "
-            f"models only (model_type in {sorted(_SAM_CHECKPOINT_CLASSES)}): the prompt-free head of this generation "
-            "is not available yet. Its prompted model (transformers' own class) takes Conv-LoRA and LoRA adapters."
+            f"models only (model_type in {sorted(_SAM_CHECKPOINT_CLASSES)}): {use}."
         )
 
 
@@ -153,6 +156,12 @@ class SamSemanticSegmentationConfig(SamConfig):
             config_dict.pop("id2label", None)
             config_dict.pop("label2id", None)
         return cls.from_dict(config_dict, **kwargs)
+
+
+def input_image_size(config: PreTrainedConfig) -> int:
+    """The input side of a SAM model of any generation (1024 for SAM and SAM 2, 1008 for SAM 3): its prompt
+    encoder's image size, which every generation's config has."""
+    return config.prompt_encoder_config.image_size
 
 
 def has_generic_labels(config: PreTrainedConfig) -> bool:
@@ -410,37 +419,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         )
 
     def _check_labels(self, labels: Tensor, batch_size: int, size: tuple[int, int]) -> None:
-        """Raises a `ValueError` naming what was expected when `labels` cannot be used by the loss."""
-        if not isinstance(labels, Tensor):
-            raise ValueError(f"labels must be a torch.Tensor of shape (batch_size, height, width), got {type(labels)}.")
-        expected_shape = (batch_size, *size)
-        if tuple(labels.shape) != expected_shape:
-            raise ValueError(
-                f"labels must have shape (batch_size, height, width) = {expected_shape} to match the input, "
-                f"got {tuple(labels.shape)}."
-            )
-        if labels.is_floating_point() or labels.is_complex():
-            raise ValueError(
-                f"labels must be an integer tensor of class ids (e.g. torch.int64), got {labels.dtype}; convert "
-                "float masks with e.g. `(mask > 0.5).long()`."
-            )
-        ignore_index = self.config.semantic_loss_ignore_index
-        num_labels = self.config.num_labels
-        values = labels.long()
-        if num_labels == 1:
-            invalid = (values != 0) & (values != 1) & (values != ignore_index)
-            if invalid.any():
-                raise ValueError(
-                    f"Binary labels (num_labels=1) must be 0, 1 or {ignore_index} (ignored), got values "
-                    f"{torch.unique(values[invalid]).tolist()}."
-                )
-        else:
-            invalid = ((values < 0) | (values >= num_labels)) & (values != ignore_index)
-            if invalid.any():
-                raise ValueError(
-                    f"Class ids must be in [0, num_labels={num_labels}) or equal to the ignore index "
-                    f"{ignore_index}, got {torch.unique(values[invalid]).tolist()}."
-                )
+        check_labels(labels, batch_size, size, self.config.num_labels, self.config.semantic_loss_ignore_index)
 
     def post_process_semantic_segmentation(
         self,
@@ -535,6 +514,39 @@ _TASK_CONFIG_KEYS = frozenset(
     {"num_labels", "id2label", "label2id"}
     | {field.name for field in fields(SamSemanticSegmentationConfig)} - {field.name for field in fields(SamConfig)}
 )
+
+
+def check_labels(labels: Tensor, batch_size: int, size: tuple[int, int], num_labels: int, ignore_index: int) -> None:
+    """Raises a `ValueError` naming what was expected when `labels` (`(batch_size, *size)` integer class ids, or
+    `ignore_index`) cannot be used by the loss of a model with `num_labels` labels (1: binary)."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be a torch.Tensor of shape (batch_size, height, width), got {type(labels)}.")
+    expected_shape = (batch_size, *size)
+    if tuple(labels.shape) != expected_shape:
+        raise ValueError(
+            f"labels must have shape (batch_size, height, width) = {expected_shape} to match the input, "
+            f"got {tuple(labels.shape)}."
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be an integer tensor of class ids (e.g. torch.int64), got {labels.dtype}; convert "
+            "float masks with e.g. `(mask > 0.5).long()`."
+        )
+    values = labels.long()
+    if num_labels == 1:
+        invalid = (values != 0) & (values != 1) & (values != ignore_index)
+        if invalid.any():
+            raise ValueError(
+                f"Binary labels (num_labels=1) must be 0, 1 or {ignore_index} (ignored), got values "
+                f"{torch.unique(values[invalid]).tolist()}."
+            )
+    else:
+        invalid = ((values < 0) | (values >= num_labels)) & (values != ignore_index)
+        if invalid.any():
+            raise ValueError(
+                f"Class ids must be in [0, num_labels={num_labels}) or equal to the ignore index "
+                f"{ignore_index}, got {torch.unique(values[invalid]).tolist()}."
+            )
 
 
 def _resolve_num_mask_tokens(config: SamSemanticSegmentationConfig) -> int:

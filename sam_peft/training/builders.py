@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from huggingface_hub import constants
 from peft import get_peft_model
+from transformers import PretrainedConfig
 
 from ..data import (
     binary_dataset,
@@ -20,7 +21,7 @@ from ..data import (
     verify_dataset,
 )
 from ..data.preprocessing import Augmentation
-from ..modeling import SamForSemanticSegmentation, random_sam
+from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, random_sam
 from ..modeling.methods import get_method
 from .arguments import DataArguments, ModelArguments
 from .embedding_cache import EmbeddingCache
@@ -34,16 +35,19 @@ def ensure_random_base(args: ModelArguments) -> None:
 
 
 def build_model(args: ModelArguments) -> torch.nn.Module:
-    """`SamForSemanticSegmentation` from `args.base_model` with the method's trainable weights: a PEFT model with
-    the method's adapter (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or, for decoder_only,
-    the model with its encoders frozen."""
-    model = SamForSemanticSegmentation.from_pretrained(
-        args.base_model,
-        num_labels=args.num_labels,
-        num_mask_tokens=args.num_mask_tokens,
-        semantic_loss=args.semantic_loss,
-        moe_loss_weight=args.moe_loss_weight,
-    )
+    """The prompt-free model of `args.base_model`'s generation (`SamForSemanticSegmentation`, or the binary
+    `Sam2ForSemanticSegmentation` / `Sam3TrackerForSemanticSegmentation`) with the method's trainable weights: a
+    PEFT model with the method's adapter (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or,
+    for decoder_only, the model with its encoders frozen."""
+    model_type = PretrainedConfig.get_config_dict(args.base_model)[0].get("model_type")
+    # any other checkpoint is refused by SamForSemanticSegmentation, with the reason
+    model_class = PROMPT_FREE_CLASSES.get(model_type, SamForSemanticSegmentation)
+    task = {"num_labels": args.num_labels, "semantic_loss": args.semantic_loss, "moe_loss_weight": args.moe_loss_weight}
+    if model_class is SamForSemanticSegmentation:
+        task["num_mask_tokens"] = args.num_mask_tokens
+    elif args.num_mask_tokens is not None:
+        raise ValueError(f"num_mask_tokens applies to multi-class SAM models; {model_class.__name__} is binary.")
+    model = model_class.from_pretrained(args.base_model, **task)
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = get_method(args.method).build(args, model)
