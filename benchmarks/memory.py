@@ -1,7 +1,8 @@
 """Peak training memory of one step: decoder-only, CAD, LoRA, Conv-LoRA and SAM-Adapter, each in a fresh process.
 
-Every method trains the prompt-free `SamForSemanticSegmentation` (random ViT-B weights with a realistic init,
-SAM input 1024 px, batch 1, binary structure loss) and its mask decoder; the in-encoder methods (LoRA r=3 and
+Every method trains the prompt-free model of the variant's generation (`SamForSemanticSegmentation` by default:
+random ViT-B weights with a realistic init, SAM input 1024 px, batch 1, binary structure loss; `--variant
+sam2-hiera-s` or `sam3` for the later generations) and its mask decoder; the in-encoder methods (LoRA r=3 and
 Conv-LoRA on every qkv, SAM-Adapter on every block) also their adapters, CAD its side network at its own 512 px x
 256 channels. `decoder_only_cached` and `cad_cached` are the same two methods reading the frozen encoder's
 output from an `EmbeddingCache` (filled by the warm-up step), as every epoch after the first does. Each method
@@ -17,6 +18,7 @@ second step (forward, backward, optimizer step):
     python benchmarks/memory.py                                       # CPU: ViT-B, 1024 px, batch 1
     python benchmarks/memory.py --device cuda                         # GPU
     python benchmarks/memory.py --methods cad lora --image-size 512   # a subset, a smaller SAM input
+    python benchmarks/memory.py --variant sam2-hiera-s                # SAM 2.1 (or sam3): the methods that apply
 
 The last line printed is `cad/lora=<ratio> cad/sam_adapter=<ratio> decoder_only/lora=<ratio> cad_cached/lora=<ratio>`.
 """
@@ -41,32 +43,36 @@ from _common import run_record
 from peft import LoraConfig, get_peft_model
 
 from sam_peft._registration import register_tuner
-from sam_peft.modeling import SamForSemanticSegmentation, SamSemanticSegmentationConfig, sam_config
+from sam_peft.modeling import PROMPT_FREE_CLASSES, VARIANTS, image_embedding_channels, sam_config
 from sam_peft.modeling.random_sam import init_vision_weights_
 from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.cad import CAD, CadConfig, CadModel
-from sam_peft.tuners.conv_lora import SAM_QKV_TARGET, ConvLoraConfig
+from sam_peft.tuners.conv_lora import ConvLoraConfig
 from sam_peft.tuners.sam_adapter import SAM_ADAPTER, SamAdapterConfig, SamAdapterModel
+from sam_peft.tuners.targets import QKV_TARGETS
 
 register_tuner(CAD, CadConfig, CadModel, CadModel.prefix)
 register_tuner(SAM_ADAPTER, SamAdapterConfig, SamAdapterModel, SamAdapterModel.prefix)
 
 METHODS = ("decoder_only", "cad", "lora", "conv_lora", "sam_adapter", "decoder_only_cached", "cad_cached")
+# what applies to SAM 2 and SAM 3 (no SAM-Adapter there yet; the embedding cache stores SAM's single embedding)
+LATER_GENERATION_METHODS = ("decoder_only", "cad", "lora", "conv_lora")
 # Paper (CAD, Table 4): CAD's training memory is below half of SAM-Adapter's.
 PAPER_CAD_OVER_SAM_ADAPTER = 0.5
 MIB = 2**20
 
 
 def build(method: str, variant: str, image_size: int) -> torch.nn.Module:
-    """The prompt-free SAM of `variant` at `image_size` px, prepared for training with `method`."""
+    """The prompt-free SAM of `variant` (any generation) at `image_size` px, prepared for training with `method`."""
     torch.manual_seed(0)
-    config = SamSemanticSegmentationConfig.from_sam_config(sam_config(variant, image_size))
-    model = init_vision_weights_(SamForSemanticSegmentation(config))
+    config = sam_config(variant, image_size)
+    model = init_vision_weights_(PROMPT_FREE_CLASSES[config.model_type](config))
     if method == "decoder_only":
         return model.freeze_encoders()
+    targets = QKV_TARGETS[config.model_type]
     peft_configs = {
-        "cad": CadConfig(),
-        "lora": LoraConfig(r=3, lora_alpha=32, target_modules=SAM_QKV_TARGET, modules_to_save=["mask_decoder"]),
+        "cad": CadConfig(channels=image_embedding_channels(config)),
+        "lora": LoraConfig(r=3, lora_alpha=32, target_modules=targets, modules_to_save=["mask_decoder"]),
         "conv_lora": ConvLoraConfig(),
         "sam_adapter": SamAdapterConfig(),
     }
@@ -148,14 +154,20 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vit-b", choices=["tiny", "vit-b", "vit-l", "vit-h"])
-    parser.add_argument("--image-size", type=int, default=1024, help="SAM's input size (CAD's own input is 512)")
+    parser.add_argument("--variant", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="SAM's input size (default: the variant's; CAD's own is 512)"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: all that apply")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "memory.json")
     args = parser.parse_args()
+    config = sam_config(args.variant)
+    args.image_size = args.image_size or config.prompt_encoder_config.image_size
+    if args.methods is None:
+        args.methods = list(METHODS if config.model_type == "sam" else LATER_GENERATION_METHODS)
 
     if args.worker:
         print(json.dumps(worker(args.worker, args)))

@@ -344,3 +344,22 @@ def test_the_embedding_cache_refuses_encoders_that_end_in_an_fpn(variant, tmp_pa
     with pytest.raises(ValueError, match=r"ends in an FPN whose levels the mask decoder reads .* Train without"):
         EmbeddingCache(tmp_path, model)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+@pytest.mark.parametrize("method", ["conv_lora", "lora", "cad", "decoder_only"])
+def test_the_recipes_methods_build_on_the_later_generations(variant, method, tmp_path):
+    from sam_peft.training import build_model
+    from sam_peft.training.arguments import ModelArguments
+
+    random_sam(variant).save_pretrained(tmp_path)
+    model = build_model(ModelArguments(base_model=str(tmp_path), method=method)).train()
+    images = pixels(variant)
+    labels = (torch.rand(2, *images.shape[-2:], generator=torch.Generator().manual_seed(0)) > 0.5).long()
+    outputs = model(pixel_values=images, labels=labels)
+    outputs.loss.backward()
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert any("mask_decoder" in name for name in trained)
+    with pytest.raises(ValueError, match="SAM-Adapter cannot adapt SAM"):
+        build_model(ModelArguments(base_model=str(tmp_path), method="sam_adapter"))

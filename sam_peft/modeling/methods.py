@@ -18,6 +18,7 @@ from ..tuners.cad import CadConfig
 from ..tuners.conv_lora import ConvLoraConfig
 from ..tuners.sam_adapter import SamAdapterConfig
 from ..tuners.targets import QKV_TARGETS, default_target_modules
+from .semantic_sam import image_embedding_channels
 
 TRAIN_RECIPE = "recipes/train.py"
 CONTINUAL_RECIPE = "recipes/continual.py"
@@ -73,7 +74,8 @@ def _lora(args: Any, model: Any) -> PeftConfig:
 
 
 def _cad(args: Any, model: Any) -> PeftConfig:
-    channels = model.config.vision_config.output_channels  # the adapter's output is added to the embedding
+    # the adapter's output is added to the image embedding
+    channels = image_embedding_channels(model.config)
     return CadConfig(image_size=args.cad_image_size, channels=channels, scale=args.cad_scale)
 
 

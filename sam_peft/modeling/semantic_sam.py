@@ -164,6 +164,12 @@ def input_image_size(config: PreTrainedConfig) -> int:
     return config.prompt_encoder_config.image_size
 
 
+def image_embedding_channels(config: PreTrainedConfig) -> int:
+    """Channels of the image embedding the mask decoder attends to: SAM's neck output, or SAM 2 / SAM 3's FPN width."""
+    vision = config.vision_config
+    return getattr(vision, "output_channels", None) or vision.fpn_hidden_size
+
+
 def has_generic_labels(config: PreTrainedConfig) -> bool:
     """Whether `config`'s labels are transformers' default ({0: "LABEL_0", 1: "LABEL_1"}): SAM is no classifier,
     so such a config says nothing about the task. `SamConfig(num_labels=2)` cannot be told apart from it; pass

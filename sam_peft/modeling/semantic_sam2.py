@@ -128,7 +128,11 @@ class PromptFreeSegmentationMixin:
                 logits, labels.to(logits.device), self.config.semantic_loss, self.config.semantic_loss_ignore_index
             )
             aux_loss = auxiliary_loss(self).to(task_loss)
-            loss = task_loss + self.config.moe_loss_weight * aux_loss
+            # The decoder's IoU and object-score heads do not shape the prompt-free mask, but they train with the
+            # decoder: they enter with weight 0, so that every trained weight gets a gradient (several processes
+            # under DDP need that) and the loss is unchanged.
+            unused_heads = outputs.iou_scores.sum() + outputs.object_score_logits.sum()
+            loss = task_loss + self.config.moe_loss_weight * aux_loss + 0.0 * unused_heads
         return SamSemanticSegmentationOutput(
             loss=loss,
             task_loss=task_loss,
