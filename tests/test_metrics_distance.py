@@ -1,5 +1,5 @@
-"""The weighted F's feature transform on CPU: the compiled extension equals scipy's, and the scipy fallback gives
-the same metrics."""
+"""The host engine's feature transform for the weighted F: the compiled extension and the scipy fallback both equal
+scipy's own transform, and give the same metrics. Tests of the compiled one are skipped where it was not built."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from sam_peft.metrics import _distance as distance_module
 from sam_peft.metrics import compute_sod_metrics
-from sam_peft.metrics._distance import host_transform, nearest_foreground_host
+from sam_peft.metrics.sod import host
+from sam_peft.metrics.sod.host import host_transform, nearest_foreground_host
+
+needs_compiled = pytest.mark.skipif(
+    host_transform() != "compiled",
+    reason="sam_peft.metrics.sod._edt was not built (no C compiler at install); the metrics use scipy's transform",
+)
 
 
 def scipy_reference(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -24,6 +29,17 @@ def scipy_reference(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def transform(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     squared, index = nearest_foreground_host(np.ascontiguousarray(gt), np.full((2, *gt.shape), -7, dtype=np.int32))
     return squared, index
+
+
+@pytest.fixture(params=["compiled", "scipy"])
+def which_transform(request, monkeypatch):
+    """Runs a test with the compiled transform (skipped where it was not built) and with the scipy fallback."""
+    if request.param == "compiled" and host_transform() != "compiled":
+        pytest.skip("sam_peft.metrics.sod._edt was not built (no C compiler at install)")
+    if request.param == "scipy":
+        monkeypatch.setattr(host, "_compiled_transform", None)
+    assert host_transform() == request.param
+    return request.param
 
 
 def masks_with_ties() -> list[np.ndarray]:
@@ -57,13 +73,7 @@ def random_masks(rng: np.random.Generator, count: int) -> list[np.ndarray]:
     return masks
 
 
-def test_the_compiled_transform_is_built():
-    """The install (`pip install -e .` with a C compiler) builds `sam_peft.metrics._edt`; without it the metrics
-    fall back to scipy's transform, and the metric set takes 1.6-3x as long on CPU."""
-    assert host_transform() == "compiled", "sam_peft.metrics._edt was not built: reinstall with a C compiler"
-
-
-def test_compiled_transform_equals_scipy():
+def test_host_transform_equals_scipy(which_transform):
     """Exact squared distances and the same nearest pixel among equidistant ones (smallest column, then row)."""
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[:300, :517]
@@ -77,6 +87,7 @@ def test_compiled_transform_equals_scipy():
         assert np.array_equal(index, expected_index), f"nearest pixels differ on mask {number}"
 
 
+@needs_compiled
 def test_scipy_fallback_gives_the_same_transform_and_metrics(monkeypatch):
     rng = np.random.default_rng(1)
     masks = random_masks(rng, 30)
@@ -85,7 +96,7 @@ def test_scipy_fallback_gives_the_same_transform_and_metrics(monkeypatch):
     references = [torch.from_numpy(mask) for mask in masks]
     expected = compute_sod_metrics(predictions, references)
 
-    monkeypatch.setattr(distance_module, "_compiled_transform", None)
+    monkeypatch.setattr(host, "_compiled_transform", None)
     assert host_transform() == "scipy"
     for mask, (squared, index) in zip(masks, compiled, strict=True):
         fallback_squared, fallback_index = transform(mask)
@@ -93,8 +104,9 @@ def test_scipy_fallback_gives_the_same_transform_and_metrics(monkeypatch):
     assert compute_sod_metrics(predictions, references) == expected
 
 
+@needs_compiled
 def test_compiled_transform_names_bad_buffers():
-    compiled = distance_module._compiled_transform
+    compiled = host._compiled_transform
     mask = np.zeros((4, 5), dtype=bool)
     mask[1, 2] = True
     squared, index = np.empty((4, 5), np.int32), np.empty((4, 5), np.int32)
@@ -118,7 +130,7 @@ def test_compiled_transform_names_bad_buffers():
     assert squared[1, 2] == 0 and index[0, 0] == 1 * 5 + 2
 
 
-def test_host_transform_takes_any_memory_layout():
+def test_host_transform_takes_any_memory_layout(which_transform):
     mask = np.random.default_rng(2).random((13, 29)) < 0.1
     mask[3, 4] = True
     squared, index = transform(mask)

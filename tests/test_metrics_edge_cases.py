@@ -24,7 +24,7 @@ from sam_peft.metrics import (
     s_measure,
     weighted_f_measure,
 )
-from sam_peft.metrics import sod as sod_module
+from sam_peft.metrics.sod import inputs as inputs_module
 
 EPS = np.spacing(1)
 
@@ -350,7 +350,7 @@ def test_validation_off_the_host(monkeypatch):
     as_255 = [ref.to(torch.int64) * 255 for ref in refs]
     mask = refs[0].to(torch.uint8)
     expected = compute_sod_metrics([mask, *preds[1:]], as_255)
-    monkeypatch.setattr(sod_module, "_on_host", lambda x: False)
+    monkeypatch.setattr(inputs_module, "_on_host", lambda x: False)
     assert compute_sod_metrics([mask, *preds[1:]], as_255) == pytest.approx(expected, abs=1e-12)
     assert expected == pytest.approx(compute_sod_metrics([refs[0].double(), *preds[1:]], refs), abs=1e-12)
     with pytest.raises(ValueError, match=re.escape("Reference 1 (torch.int64) has the values {1, 255}")):

@@ -1,8 +1,9 @@
-"""Segmentation metrics: batched torch implementations and `evaluate` modules.
+"""Segmentation metrics and their `evaluate` modules.
 
-Salient / camouflaged object detection and binary masks (`SODMetrics`, equal to PySODMetrics 1.6) and
-semantic segmentation (`SemanticMetrics`: mIoU, pixel accuracy, Trans10K's MAE and mBER). Both stream:
-`update` keeps per-image statistics only. As `evaluate` modules, loadable offline:
+Salient / camouflaged object detection and binary masks (`SODMetrics`, equal to PySODMetrics 1.6; numpy threads
+for CPU tensors, batched torch on a GPU) and semantic segmentation (`SemanticMetrics`: mIoU, pixel accuracy,
+Trans10K's MAE and mBER). Both stream: `update` keeps per-image statistics only. As `evaluate` modules, loadable
+offline:
 
     import evaluate
     import sam_peft.metrics

@@ -21,8 +21,8 @@ class SizeGroup:
 
     Attributes:
         indices: positions of the images in the input lists, shape (B,).
-        predictions: (B, H, W) predictions, in the dtype they were given.
-        references: (B, H, W) references, in the dtype they were given.
+        predictions: (B, H, W) predictions, in the dtype they were given (a view of the input where B is 1).
+        references: (B, H, W) references, in the dtype they were given (likewise).
     """
 
     indices: list[int]
@@ -91,13 +91,15 @@ def group_by_size(predictions: Any, references: Any) -> list[SizeGroup]:
             )
         key = (tuple(pred.shape), pred.dtype, ref.dtype, pred.device, ref.device)
         groups.setdefault(key, []).append(index)
-    stacked = [
-        SizeGroup(indices, torch.stack([preds[i] for i in indices]), torch.stack([refs[i] for i in indices]))
-        for indices in groups.values()
-    ]
+    stacked = [SizeGroup(indices, _stack(preds, indices), _stack(refs, indices)) for indices in groups.values()]
     for group in stacked:
         _check_no_nan(group.references, group.indices, "Reference")
     return stacked
+
+
+def _stack(maps: list[torch.Tensor], indices: list[int]) -> torch.Tensor:
+    """(B, H, W) stack of the maps at `indices` (a view of the map itself when there is one)."""
+    return maps[indices[0]][None] if len(indices) == 1 else torch.stack([maps[i] for i in indices])
 
 
 def _check_not_empty(shape: torch.Size, index: int) -> None:

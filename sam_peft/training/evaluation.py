@@ -70,10 +70,8 @@ def evaluate(
             SamSemanticSegmentationOutput(logits=logits.float()), original, reshaped
         )
         references = [labels_at_original_size(lab, o, r) for lab, o, r in zip(labels, original, reshaped, strict=True)]
-        if num_labels == 1:
-            metrics.update([p.cpu() for p in predictions], [(r == 1).cpu() for r in references])
-        else:
-            metrics.update([p.cpu() for p in predictions], [r.cpu() for r in references])
+        # On the accelerator's device: a GPU run computes the metrics there (the SOD metrics' device engine).
+        metrics.update(predictions, [r == 1 for r in references] if num_labels == 1 else references)
     results = metrics.compute()
     results["loss"], results["auxiliary_loss"] = torch.cat(losses).float().mean(dim=0).tolist()
     return results

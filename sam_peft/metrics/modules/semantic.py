@@ -9,7 +9,7 @@ its (reference, prediction) label pairs, so memory stays small; see `sam_peft.me
 import datasets
 import evaluate
 
-from sam_peft.metrics.semantic import SemanticMetrics, check_num_labels, compute_semantic_metrics
+from sam_peft.metrics.semantic import SemanticMetrics, check_num_labels
 from sam_peft.metrics.streaming import StreamingInputs
 
 _DESCRIPTION = """
@@ -86,6 +86,3 @@ class Semantic(StreamingInputs, evaluate.Metric):
         results = self._metrics.compute(**kwargs)
         self._metrics.reset()
         return results
-
-    def _compute(self, predictions, references, num_labels=None, ignore_index=255):
-        return compute_semantic_metrics(predictions, references, num_labels=num_labels, ignore_index=ignore_index)

@@ -3,21 +3,21 @@
 Load it with `sam_peft.metrics.load("sod")` or `evaluate.load(sam_peft.metrics.path("sod"))` (works offline).
 Statistics are computed when a batch is added and only their sums are kept, so `add_batch` can be called
 for a whole test set; the values equal PySODMetrics 1.6's apart from its degenerate cases (NaN S-alpha, E-phi
-above 1), which are documented in `sam_peft.metrics.sod`.
+above 1), which are documented in `sam_peft.metrics.sod.definitions`.
 """
 
 import datasets
 import evaluate
 
-from sam_peft.metrics.sod import SODMetrics, compute_sod_metrics
+from sam_peft.metrics.sod import SODMetrics
 from sam_peft.metrics.streaming import StreamingInputs
 
 _DESCRIPTION = """
 Structure measure S-alpha, enhanced-alignment measure E-phi (adaptive, mean and max over 256 thresholds),
 weighted F-beta, MAE, F-measure (adaptive, mean, max; beta^2 = 0.3), IoU, Dice, thresholded Jaccard
-(ISIC 2017), accuracy, and the balanced error rate with the shadow / non-shadow errors. Batched torch
-implementations that run on the device of the inputs and equal PySODMetrics 1.6 wherever its values are defined
-and in [0, 1].
+(ISIC 2017), accuracy, and the balanced error rate with the shadow / non-shadow errors. Computed where the
+inputs are (numpy threads for CPU inputs, batched torch on a GPU), equal to PySODMetrics 1.6 wherever its values
+are defined and in [0, 1].
 """
 
 _KWARGS_DESCRIPTION = """
@@ -39,9 +39,9 @@ Module options (keyword arguments of `evaluate.load` / `sam_peft.metrics.load`):
     weighted_f_beta (float, default 1.0): PySODMetrics' beta of the weighted F-measure (AutoGluon's port,
         used by the Conv-LoRA code, uses 0.3).
     f_beta2 (float, default 0.3), threshold (float, default 0.5), jaccard_threshold (float, default 0.65),
-    chunk_size (int, default 8): images processed at once.
-    num_threads (int, default None): CPU threads for the weighted F's per-image distance transforms; None
-        follows `torch.get_num_threads()`. The values do not depend on it.
+    chunk_size (int, default 8): images processed at once on a GPU (or any device but the CPU).
+    num_threads (int, default None): threads over images for CPU inputs; None: the CPUs the process may run on
+        (for images of at least 256 x 256 pixels on average). The values do not depend on it.
 
 Returns:
     dict of floats, each in [0, 1] for images of any size: s_alpha, e_phi (mean of the 256-threshold curve,
@@ -90,7 +90,7 @@ class Sod(StreamingInputs, evaluate.Metric):
                 "This module does not use evaluate's multi-process cache: gather the predictions and "
                 "references on every process first (e.g. with Accelerate's `gather_for_metrics`)."
             )
-        self._options = dict(
+        self._metrics = SODMetrics(
             normalize=normalize,
             weighted_f_beta=weighted_f_beta,
             f_beta2=f_beta2,
@@ -99,7 +99,6 @@ class Sod(StreamingInputs, evaluate.Metric):
             chunk_size=chunk_size,
             num_threads=num_threads,
         )
-        self._metrics = SODMetrics(**self._options)
 
     def _info(self):
         maps = datasets.Sequence(datasets.Sequence(datasets.Value("float32")))
@@ -120,6 +119,3 @@ class Sod(StreamingInputs, evaluate.Metric):
         results = self._metrics.compute()
         self._metrics.reset()
         return results
-
-    def _compute(self, predictions, references):
-        return compute_sod_metrics(predictions, references, **self._options)
