@@ -50,8 +50,6 @@ QUICK_ARGS = {
     "memory": ["--image-size", "512"],
     "metrics_speed": ["--images", "20", "--repeats", "1"],
 }
-# Extra CPU runs of a script: (run-name suffix, arguments).
-EXTRA_CPU_RUNS = {"metrics_speed": [("float32", ["--dtype", "float32"])]}
 # Conv-LoRA's cost at the GPU acceptance settings: (run-name suffix, arguments).
 CONV_LORA_GPU_RUNS = [
     (
@@ -111,8 +109,6 @@ def plan(scripts: list[str], devices: list[str], quick: bool) -> list[Run]:
         for device in devices:
             if device == "cpu":
                 runs.append(Run(f"{script}{tag}", script, device, list(base)))
-                for suffix, extra in EXTRA_CPU_RUNS.get(script, []):
-                    runs.append(Run(f"{script}_{suffix}{tag}", script, device, [*base, *extra]))
                 continue
             runs.append(Run(f"{script}_cuda{tag}", script, device, [*base, "--device", "cuda"]))
             if script == "conv_lora_cost":
