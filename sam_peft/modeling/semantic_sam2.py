@@ -12,7 +12,6 @@ are not available yet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
@@ -22,12 +21,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 
 from ..tuners.auxiliary import auxiliary_loss
 from .losses import BINARY_LOSSES, binary_segmentation_loss
-from .semantic_sam import (
-    SamForSemanticSegmentation,
-    SamSemanticSegmentationOutput,
-    check_labels,
-    post_process_semantic_segmentation,
-)
+from .semantic_sam import SamForSemanticSegmentation, SamSemanticSegmentationOutput, check_labels
 
 
 def _check_task(config: Any) -> None:
@@ -143,14 +137,7 @@ class PromptFreeSegmentationMixin:
             vision_attentions=outputs.vision_attentions,
         )
 
-    def post_process_semantic_segmentation(
-        self,
-        outputs: SamSemanticSegmentationOutput,
-        original_sizes: Tensor | Sequence[Sequence[int]],
-        reshaped_input_sizes: Tensor | Sequence[Sequence[int]],
-    ) -> list[Tensor]:
-        """See `sam_peft.modeling.post_process_semantic_segmentation`."""
-        return post_process_semantic_segmentation(outputs, original_sizes, reshaped_input_sizes)
+    post_process_semantic_segmentation = SamForSemanticSegmentation.post_process_semantic_segmentation
 
 
 class Sam2ForSemanticSegmentation(PromptFreeSegmentationMixin, Sam2Model):
