@@ -363,3 +363,30 @@ def test_the_recipes_methods_build_on_the_later_generations(variant, method, tmp
     assert any("mask_decoder" in name for name in trained)
     with pytest.raises(ValueError, match="SAM-Adapter cannot adapt SAM"):
         build_model(ModelArguments(base_model=str(tmp_path), method="sam_adapter"))
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+@pytest.mark.parametrize(
+    "config", [lambda: ConvLoraConfig(init_weights=False), lambda: CadConfig(image_size=64, channels=32)]
+)
+def test_a_prompt_free_adapter_serves_the_prompted_model(variant, config, tmp_path):
+    """`load_encoder_adapter`: the encoder layers of an adapter trained on the prompt-free head, on the generation's
+    prompted model, give the same image embeddings; its own decoder then answers points."""
+    from sam_peft import load_encoder_adapter
+
+    random_sam(variant).save_pretrained(tmp_path / "base")
+    trained = get_peft_model(HEADS[variant].from_pretrained(tmp_path / "base"), config())
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            if parameter.requires_grad and "mask_decoder" not in name:
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    trained.save_pretrained(tmp_path / "adapter")
+    prompted = load_encoder_adapter(type(random_sam(variant)).from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    images = pixels(variant)
+    trained.eval()
+    expected, actual = fpn_levels(trained, images), fpn_levels(prompted, images)
+    for level, expected_level in zip(actual, expected, strict=True):
+        torch.testing.assert_close(level, expected_level)
+    assert not torch.equal(expected[-1], fpn_levels(random_sam(variant), images)[-1])  # the adapter acts
+    with torch.no_grad():
+        assert prompted(pixel_values=images, **POINTS).pred_masks.shape[:3] == (2, 1, 1)

@@ -17,7 +17,9 @@ _TASK_HEAD_KEY = ".mask_decoder."
 def load_encoder_adapter(
     model: nn.Module, adapter: str | os.PathLike, adapter_name: str = "default", **hub_kwargs
 ) -> PeftModel:
-    """Load the image-encoder part of a sam-peft adapter onto a promptable `SamModel` (or `SamHQModel`).
+    """Load the image-encoder part of a sam-peft adapter onto a promptable `SamModel` (or `SamHQModel`, or, for an
+    adapter trained on `Sam2ForSemanticSegmentation` / `Sam3TrackerForSemanticSegmentation`, `Sam2Model` /
+    `Sam3TrackerModel`).
 
     An adapter trained prompt-free also trains (and saves) the prompt-free mask decoder, whose shape differs
     from SAM's promptable one. This loads the adapter's encoder layers only, so SAM's own decoder answers points
