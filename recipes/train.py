@@ -39,6 +39,7 @@ from sam_peft.training import (
     build_datasets,
     build_embedding_cache,
     build_model,
+    check_embedding_cache,
     claim_output_dir,
     default_metric,
     ensure_random_base,
@@ -111,6 +112,7 @@ def main() -> None:
 
     model = build_model(model_args)
     image_size = data_args.image_size or input_image_size(model.config)
+    check_embedding_cache(data_args, model, image_size)  # before the output folder is touched
     raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
     # Each loader draws its iterators' seeds from a generator of its own, not from the global one that the model's
     # random draws use and that checkpoints record: a resumed run draws as the uninterrupted one did.

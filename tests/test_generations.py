@@ -331,11 +331,18 @@ def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_pa
     images = pixels("sam2-tiny")
     with torch.no_grad():
         torch.testing.assert_close(from_card(pixel_values=images).logits, trained(pixel_values=images).logits)
-    with pytest.raises(ValueError, match="num_mask_tokens applies to multi-class SAM models"):
-        monkeypatch.setattr(
-            sys, "argv", [str(TRAIN), *argv, "--output_dir", str(tmp_path / "other"), "--num_mask_tokens", "3"]
-        )
-        runpy.run_path(str(TRAIN))["main"]()
+    # refused before the output folder (or the embedding cache's) is touched
+    refusals = {
+        "num_mask_tokens applies to multi-class SAM models": ["--num_mask_tokens", "3"],
+        "ends in an FPN whose levels the mask decoder reads": ["--method", "cad", "--cache_embeddings", "true"],
+    }
+    for index, (message, extra) in enumerate(refusals.items()):
+        output, cache = tmp_path / f"refused{index}", tmp_path / f"embeddings{index}"
+        extra = [*extra, "--output_dir", str(output), "--embedding_cache_dir", str(cache)]
+        monkeypatch.setattr(sys, "argv", [str(TRAIN), *argv, *extra])
+        with pytest.raises(ValueError, match=message):
+            runpy.run_path(str(TRAIN))["main"]()
+        assert not output.exists() and not cache.exists()
 
 
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])

@@ -24,7 +24,7 @@ from ..data.preprocessing import Augmentation
 from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, random_sam
 from ..modeling.methods import get_method
 from .arguments import DataArguments, ModelArguments
-from .embedding_cache import EmbeddingCache
+from .embedding_cache import EmbeddingCache, frozen_vision_encoder
 
 
 def ensure_random_base(args: ModelArguments) -> None:
@@ -120,24 +120,33 @@ def verify_data_files(args: DataArguments, data: Dataset | DatasetDict) -> None:
         verify_dataset(data, desc="Checking data files")
 
 
-def build_embedding_cache(args: DataArguments, model: torch.nn.Module, image_size: int) -> EmbeddingCache | None:
-    """The frozen-encoder embedding cache of a cad or decoder_only run (`args.cache_embeddings`), else `None`.
+def check_embedding_cache(args: DataArguments, model: torch.nn.Module, image_size: int) -> None:
+    """Checks, before any work, that the embedding cache `args.cache_embeddings` asks for can serve `model`.
 
     Raises:
-        ValueError: for decoder-only training at an input size other than the model's (the decoder then reads the
-            embeddings without the pixel values, and its output size is the model's).
+        ValueError: for an encoder that is not frozen or whose output the cache cannot store
+            (`frozen_vision_encoder`), and for decoder-only training at an input size other than the model's (the
+            decoder then reads the embeddings without the pixel values, and its output size is the model's).
     """
     if not args.cache_embeddings:
-        return None
-    directory = args.embedding_cache_dir or Path(constants.HF_HOME) / "sam-peft" / "embeddings"
-    cache = EmbeddingCache(directory, model, dtype=getattr(torch, args.embedding_cache_dtype))
-    model_size = cache.encoder.config.image_size
-    if cache.cad is None and image_size != model_size:
+        return
+    encoder, cad = frozen_vision_encoder(model)
+    model_size = encoder.config.image_size
+    if cad is None and image_size != model_size:
         raise ValueError(
             f"Decoder-only training from cached embeddings needs image_size equal to the model's ({model_size}); "
             f"got {image_size}."
         )
-    return cache
+
+
+def build_embedding_cache(args: DataArguments, model: torch.nn.Module, image_size: int) -> EmbeddingCache | None:
+    """The frozen-encoder embedding cache of a cad or decoder_only run (`args.cache_embeddings`), else `None`;
+    `check_embedding_cache` says when it cannot be built."""
+    if not args.cache_embeddings:
+        return None
+    check_embedding_cache(args, model, image_size)
+    directory = args.embedding_cache_dir or Path(constants.HF_HOME) / "sam-peft" / "embeddings"
+    return EmbeddingCache(directory, model, dtype=getattr(torch, args.embedding_cache_dtype))
 
 
 class SeededSamples(torch.utils.data.Dataset):
