@@ -1,12 +1,15 @@
-"""Peak training memory of one step: decoder-only, CAD, LoRA, Conv-LoRA and SAM-Adapter, each in a fresh process.
+"""Peak training memory of one step: decoder-only, CAD, LoRA, Conv-LoRA, SAM-Adapter and SLoRA, each in a fresh
+process.
 
 Every method trains the prompt-free model of the variant's generation (`SamForSemanticSegmentation` by default:
 random ViT-B weights with a realistic init, SAM input 1024 px, batch 1, binary structure loss; `--variant
 sam2-hiera-s` or `sam3` for the later generations) and its mask decoder; the in-encoder methods (LoRA r=3 and
-Conv-LoRA on every qkv, SAM-Adapter on every block) also their adapters, CAD its side network at its own 512 px x
-256 channels. `decoder_only_cached` and `cad_cached` are the same two methods reading the frozen encoder's
-output from an `EmbeddingCache` (filled by the warm-up step), as every epoch after the first does. Each method
-runs in its own subprocess, so one method's peak cannot hide in another's. The worker
+Conv-LoRA on every qkv, SAM-Adapter on every block, SLoRA r=10 on the last five blocks, without point prompts) also
+their adapters, CAD its side network at its own 512 px x 256 channels. A method whose tuner refuses the variant's
+architecture (SAM-Adapter on SAM 2) is left out, with its reason printed. `decoder_only_cached` and `cad_cached` are
+the same two methods reading the frozen encoder's output (SAM 2 / SAM 3: its FPN levels) from an `EmbeddingCache`
+(filled by the warm-up step), as every epoch after the first does. Each method runs in its own subprocess, so one
+method's peak cannot hide in another's. The worker
 builds the model and AdamW, runs one warm-up step (optimizer state, allocator and kernel caches), then measures a
 second step (forward, backward, optimizer step):
 
@@ -18,7 +21,7 @@ second step (forward, backward, optimizer step):
     python benchmarks/memory.py                                       # CPU: ViT-B, 1024 px, batch 1
     python benchmarks/memory.py --device cuda                         # GPU
     python benchmarks/memory.py --methods cad lora --image-size 512   # a subset, a smaller SAM input
-    python benchmarks/memory.py --variant sam2-hiera-s                # SAM 2.1 (or sam3): the methods that apply
+    python benchmarks/memory.py --variant sam2-hiera-s                # SAM 2.1 (or sam3): every method that applies
 
 The last line printed is `cad/lora=<ratio> cad/sam_adapter=<ratio> decoder_only/lora=<ratio> cad_cached/lora=<ratio>`.
 """
@@ -49,24 +52,28 @@ from sam_peft.training.embedding_cache import EmbeddingCache
 from sam_peft.tuners.cad import CAD, CadConfig, CadModel
 from sam_peft.tuners.conv_lora import ConvLoraConfig
 from sam_peft.tuners.sam_adapter import SAM_ADAPTER, SamAdapterConfig, SamAdapterModel
+from sam_peft.tuners.slora import SLORA, SloraConfig, SloraModel
 from sam_peft.tuners.targets import QKV_TARGETS
 
 register_tuner(CAD, CadConfig, CadModel, CadModel.prefix)
 register_tuner(SAM_ADAPTER, SamAdapterConfig, SamAdapterModel, SamAdapterModel.prefix)
+register_tuner(SLORA, SloraConfig, SloraModel, SloraModel.prefix)
 
-METHODS = ("decoder_only", "cad", "lora", "conv_lora", "sam_adapter", "decoder_only_cached", "cad_cached")
-# what applies to SAM 2 and SAM 3 (no SAM-Adapter there yet; the embedding cache stores SAM's single embedding)
-LATER_GENERATION_METHODS = ("decoder_only", "cad", "lora", "conv_lora")
+METHODS = ("decoder_only", "cad", "lora", "conv_lora", "sam_adapter", "slora", "decoder_only_cached", "cad_cached")
 # Paper (CAD, Table 4): CAD's training memory is below half of SAM-Adapter's.
 PAPER_CAD_OVER_SAM_ADAPTER = 0.5
 MIB = 2**20
 
 
-def build(method: str, variant: str, image_size: int) -> torch.nn.Module:
-    """The prompt-free SAM of `variant` (any generation) at `image_size` px, prepared for training with `method`."""
+def build(method: str, variant: str, image_size: int, device: str | None = None) -> torch.nn.Module:
+    """The prompt-free SAM of `variant` (any generation) at `image_size` px, prepared for training with `method`
+    (on `device` at construction: "meta" builds no weights)."""
     torch.manual_seed(0)
     config = sam_config(variant, image_size)
-    model = init_vision_weights_(PROMPT_FREE_CLASSES[config.model_type](config))
+    with torch.device(device or "cpu"):
+        model = PROMPT_FREE_CLASSES[config.model_type](config)
+    if device != "meta":
+        init_vision_weights_(model)
     if method == "decoder_only":
         return model.freeze_encoders()
     targets = QKV_TARGETS[config.model_type]
@@ -75,8 +82,20 @@ def build(method: str, variant: str, image_size: int) -> torch.nn.Module:
         "lora": LoraConfig(r=3, lora_alpha=32, target_modules=targets, modules_to_save=["mask_decoder"]),
         "conv_lora": ConvLoraConfig(),
         "sam_adapter": SamAdapterConfig(),
+        "slora": SloraConfig(),
     }
     return get_peft_model(model, peft_configs[method])
+
+
+def refusal(method: str, variant: str) -> str | None:
+    """Why `method`'s tuner does not apply to `variant`'s architecture (its own error), or None when it does."""
+    try:
+        build(method.removesuffix("_cached"), variant, sam_config(variant).prompt_encoder_config.image_size, "meta")
+    except ValueError as error:
+        if "cannot adapt" in str(error):
+            return str(error)
+        raise
+    return None
 
 
 def _status_kib(field: str) -> int:
@@ -108,7 +127,7 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         if cache is None:
             loss = model(pixel_values=pixel_values, labels=labels).loss
         else:
-            loss = model(image_embeddings=cache.image_embeddings(pixel_values), labels=labels).loss
+            loss = model(**cache.model_inputs(pixel_values), labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -166,12 +185,18 @@ def main() -> None:
     args = parser.parse_args()
     config = sam_config(args.variant)
     args.image_size = args.image_size or config.prompt_encoder_config.image_size
-    if args.methods is None:
-        args.methods = list(METHODS if config.model_type == "sam" else LATER_GENERATION_METHODS)
-
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return
+    requested = args.methods is not None
+    args.methods = list(args.methods or METHODS)
+    for method in list(args.methods):
+        reason = refusal(method, args.variant)
+        if reason is not None:
+            if requested:
+                parser.error(reason)
+            print(f"skipped {method}: {reason}", flush=True)
+            args.methods.remove(method)
 
     results = {}
     for method in args.methods:

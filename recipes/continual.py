@@ -3,7 +3,9 @@
     python recipes/continual.py recipes/configs/continual_quickstart.yaml --output_dir outputs/continual
     accelerate launch recipes/continual.py recipes/configs/continual_samcl.yaml --output_dir outputs/samcl
 
-The config's `domains` list names the domains in the order they are learned; each entry holds a `name` and the
+The base SAM is of any generation (`SamModel`, `Sam2Model`, `Sam3TrackerModel`: `AutoModel` loads the checkpoint's;
+`--random_base sam2-tiny` or `sam3-tiny` makes a tiny random one), at its own input size. The config's `domains` list
+names the domains in the order they are learned; each entry holds a `name` and the
 data keys of `recipes/train.py` (`benchmark`, `data_dir`, `eval_split`, `max_train_samples`, ... or
 `benchmark: synthetic` with `synthetic_appearance`). An optional `base_domain` entry gives images of no learned
 domain (SAMCL: COCO), which the selector learns to send to the base SAM. After learning domain i, every domain
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import SamModel
+from transformers import AutoModel, PreTrainedModel
 
 from sam_peft import SloraConfig
 from sam_peft.continual import (
@@ -39,12 +41,14 @@ from sam_peft.continual import (
     DomainTrainingArguments,
     average_accuracy,
     continual_metrics,
+    default_module_blocks,
     evaluate_prompted,
     forgetting,
     forward_transfer,
     save_accuracy_heatmap,
 )
 from sam_peft.data import sam_collate_fn, sam_image_processor
+from sam_peft.modeling import input_image_size
 from sam_peft.training import (
     DataArguments,
     ModelArguments,
@@ -69,7 +73,12 @@ class ContinualArguments:
     image_size: int | None = field(default=None, metadata={"help": "SAM input size; default: the model's."})
     r: int = field(default=10, metadata={"help": "SLoRA rank."})
     layers_to_transform: list[int] | None = field(
-        default=None, metadata={"help": "Adapted blocks; default: the last five (7..11 on ViT-B)."}
+        default=None,
+        metadata={"help": "Adapted blocks; default: the last five (7..11 on ViT-B; on SAM 2, of the embedding stage)."},
+    )
+    num_adapted_blocks: int | None = field(
+        default=None,
+        metadata={"help": "Instead of layers_to_transform: the last N of the default blocks, on any generation."},
     )
     prompt_augmentation: bool = field(default=True, metadata={"help": "Inject point-prompt heat maps."})
     prompt_layout: str = field(
@@ -113,7 +122,19 @@ def routing_predictor(continual: ContinualSam):
     return predict
 
 
-def base_predictor(sam: SamModel):
+def adapted_blocks(args: ContinualArguments, sam: PreTrainedModel) -> list[int] | None:
+    """The modules' `layers_to_transform`: the config's, or the last `num_adapted_blocks` of the blocks a module adapts
+    by default on `sam`'s encoder (`default_module_blocks`: tiny SAM 1..3, so 2 and 3 for two; sam2-tiny only 3)."""
+    if args.num_adapted_blocks is None:
+        return args.layers_to_transform
+    if args.layers_to_transform is not None:
+        raise ValueError("Set layers_to_transform or num_adapted_blocks, not both (pass the other as null).")
+    if args.num_adapted_blocks < 1:
+        raise ValueError(f"num_adapted_blocks must be >= 1, got {args.num_adapted_blocks}.")
+    return default_module_blocks(sam)[-args.num_adapted_blocks :]
+
+
+def base_predictor(sam: PreTrainedModel):
     """`(pixel_values, points, labels) -> (B, 1, h, w)` mask logits of the base SAM, before any domain."""
 
     def predict(pixel_values, input_points, input_labels):
@@ -172,11 +193,11 @@ def main() -> None:
     accelerator.wait_for_everyone()
     accelerator.init_trackers("sam-peft-continual", config={"domains": len(entries), "lr": train_args.learning_rate})
     progress = args.progress and accelerator.is_local_main_process
-    sam = SamModel.from_pretrained(args.base_model).to(accelerator.device)
-    image_size = args.image_size or sam.config.vision_config.image_size
+    sam = AutoModel.from_pretrained(args.base_model).to(accelerator.device)  # SamModel, Sam2Model, Sam3TrackerModel
+    image_size = args.image_size or input_image_size(sam.config)
     module_config = SloraConfig(
         r=args.r,
-        layers_to_transform=args.layers_to_transform,
+        layers_to_transform=adapted_blocks(args, sam),
         prompt_augmentation=args.prompt_augmentation,
         prompt_layout=args.prompt_layout,
     )

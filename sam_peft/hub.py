@@ -87,9 +87,9 @@ def adapter_model_card(
     `metrics`), a usage snippet, the metrics table, the hyperparameters and the method.
 
     Metrics are fractions as sam-peft's metrics return them (e.g. `{"s_alpha": 0.91, "mae": 0.03}`). `base_class`
-    is the class the adapter was trained on: `SamForSemanticSegmentation` (prompt-free; `num_labels` and a
-    non-default `num_mask_tokens` go into the snippet), the binary `Sam2ForSemanticSegmentation` /
-    `Sam3TrackerForSemanticSegmentation`, or transformers' `SamModel` / `SamHQModel` / `Sam2Model` (prompted).
+    is the class the adapter was trained on: a prompt-free head (`SamForSemanticSegmentation`,
+    `Sam2ForSemanticSegmentation`, `Sam3TrackerForSemanticSegmentation`; `num_labels` and a non-default
+    `num_mask_tokens` go into the snippet), or transformers' `SamModel` / `SamHQModel` / `Sam2Model` (prompted).
     """
     method = method_of_peft_type(peft_type)
     method_name = peft_type if method is None else method.title

@@ -131,3 +131,38 @@ def test_the_embedding_cache_needs_a_frozen_encoder_method():
     assert data_args.cache_embeddings is True
     with pytest.raises(ValueError, match="Unknown embedding_cache_dtype 'int8'"):
         parse_args([str(CONFIGS / "cad_istd.yaml"), "--embedding_cache_dtype", "int8"])
+
+
+SAM2_BASES = ("sam2.1-hiera-small", "sam2.1-hiera-base-plus")
+
+
+@pytest.mark.parametrize("base", SAM2_BASES)
+def test_sam_2_1_configs_are_the_papers_with_another_base_model(base):
+    """`recipes/configs/<base>/` holds every paper config (Conv-LoRA's three methods and CAD's) on SAM 2.1: the
+    same values as the SAM config it extends, but the base model and the output folder."""
+    folder = CONFIGS / base
+    assert {path.name for path in folder.glob("*.yaml")} == {path.name for path in PAPER + CAD}
+    for path in sorted(folder.glob("*.yaml")):
+        assert yaml.safe_load(path.read_text())["extends"] == f"../{path.name}"
+        derived = [vars(instance) for instance in parse_args([str(path)])]
+        original = [vars(instance) for instance in parse_args([str(CONFIGS / path.name)])]
+        assert derived[0].pop("base_model") == f"facebook/{base}" and original[0].pop("base_model").startswith("face")
+        assert derived[2].pop("output_dir") == f"outputs/{base}/{path.stem}"
+        original[2].pop("output_dir")
+        assert derived == original, path.name
+
+
+def test_extends_overrides_and_refuses_loops(tmp_path):
+    (tmp_path / "parent.yaml").write_text((CONFIGS / "conv_lora_kvasir.yaml").read_text())
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nlearning_rate: 3.0e-4\n")
+    _, _, train_args = parse_args([str(tmp_path / "child.yaml"), "--num_epochs", "2"])
+    assert (train_args.learning_rate, train_args.num_epochs, train_args.batch_size) == (3e-4, 2, 4)
+    (tmp_path / "parent.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ValueError, match=r"parent.yaml extends .*child.yaml, which is already on its chain"):
+        parse_args([str(tmp_path / "child.yaml")])
+    (tmp_path / "parent.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml does not exist"):
+        parse_args([str(tmp_path / "child.yaml")])
+    (tmp_path / "parent.yaml").write_text("lerning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) in .*parent.yaml: lerning_rate"):
+        parse_args([str(tmp_path / "child.yaml")])

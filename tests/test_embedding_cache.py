@@ -143,11 +143,34 @@ def test_entry_store_round_trips_dtypes(tmp_path):
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         tensor = torch.randn(4, 3, 2).to(dtype)
         store.write(key, tensor)
-        read = store.read(key)
+        (read,) = store.read(key)
         assert read.dtype == dtype and torch.equal(read, tensor)
     assert store.read("cd" * 32) is None
     with pytest.raises(ValueError, match=r"Cannot store a torch\.int64"):
         store.write(key, torch.zeros(3, dtype=torch.long))
+
+
+def test_an_entry_of_several_levels_is_whole_or_refused(tmp_path):
+    """SAM 2's FPN levels: one file per image holding every level; a file cut anywhere, even between two levels,
+    or with bytes after its last level, is refused."""
+    store = EntryStore(tmp_path)
+    key = "ef" * 32
+    levels = (torch.randn(4, 8, 8).half(), torch.randn(4, 4, 4).half(), torch.randn(4, 2, 2))
+    store.write(key, levels)
+    read = store.read(key)
+    assert len(read) == 3 and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(read, levels, strict=True))
+    data = store.path(key).read_bytes()
+    one_level = EntryStore(tmp_path / "one")
+    one_level.write(key, levels[0])
+    boundary = one_level.path(key).stat().st_size  # where the second level's header starts
+    assert 0 < boundary < len(data)
+    for cut in (boundary, boundary + 10, len(data) - 1):
+        store.path(key).write_bytes(data[:cut])
+        with pytest.raises(CorruptEntryError):
+            store.read(key)
+    store.path(key).write_bytes(data + b"\0")
+    with pytest.raises(CorruptEntryError, match="bytes after its 3 tensors"):
+        store.read(key)
 
 
 def test_fill_shows_progress_and_counts(tmp_path, pixel_values, capsys):

@@ -29,7 +29,6 @@ from sam_peft import (
     Sam3TrackerForSemanticSegmentation,
     SamAdapterConfig,
     SamForSemanticSegmentation,
-    SloraConfig,
     auxiliary_loss,
     random_sam,
     sam_config,
@@ -247,10 +246,11 @@ def test_a_few_steps_lower_the_prompted_loss(variant, method):
     assert losses[-1] < losses[0] - 0.05, losses
 
 
-@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
 @pytest.mark.parametrize(
-    ("config", "method"),
-    [(SloraConfig, "SLoRA"), (SamAdapterConfig, "SAM-Adapter")],
+    ("variant", "config", "method"),
+    [
+        ("sam2-tiny", SamAdapterConfig, "SAM-Adapter"),  # SAM 3 is adapted (tests/test_sam_adapter_generations.py)
+    ],
 )
 def test_methods_that_do_not_apply_say_which_architecture_and_why(variant, config, method):
     name = "SAM 2 (Hiera encoder)" if variant.startswith("sam2") else "SAM 3 (tracker"
@@ -304,8 +304,8 @@ def test_prompt_free_heads_load_every_weight_and_segment_without_prompts(variant
     assert outputs.auxiliary_loss == 0 and outputs.loss == outputs.task_loss
     with pytest.raises(ValueError, match=r"Binary labels \(num_labels=1\) must be 0, 1 or 255"):
         model(pixel_values=images, labels=labels * 2)
-    with pytest.raises(ValueError, match=r"binary \(num_labels=1\) for now; got num_labels=3"):
-        HEADS[variant].from_pretrained(tmp_path, num_labels=3)
+    multiclass = HEADS[variant].from_pretrained(tmp_path, num_labels=3)  # tests/test_semantic_sam2_multiclass.py
+    assert multiclass.config.num_labels == 3 and multiclass.mask_decoder.class_predictor.out_features == 4
 
 
 TRAIN = Path(__file__).resolve().parents[1] / "recipes" / "train.py"
@@ -324,7 +324,7 @@ def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_pa
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["iou"] <= 1 and len(metrics["train_log"]) == 2
     card = (run / "README.md").read_text()
-    assert f'sam_peft.Sam2ForSemanticSegmentation.from_pretrained("{tmp_path / "base"}")' in card
+    assert f'sam_peft.Sam2ForSemanticSegmentation.from_pretrained("{tmp_path / "base"}", num_labels=1)' in card
     trained = load_trained(run)
     base = Sam2ForSemanticSegmentation.from_pretrained(tmp_path / "base")
     from_card = PeftModel.from_pretrained(base, run).eval()
@@ -334,7 +334,6 @@ def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_pa
     # refused before the output folder (or the embedding cache's) is touched
     refusals = {
         "num_mask_tokens applies to multi-class SAM models": ["--num_mask_tokens", "3"],
-        "ends in an FPN whose levels the mask decoder reads": ["--method", "cad", "--cache_embeddings", "true"],
     }
     for index, (message, extra) in enumerate(refusals.items()):
         output, cache = tmp_path / f"refused{index}", tmp_path / f"embeddings{index}"
@@ -345,12 +344,72 @@ def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_pa
         assert not output.exists() and not cache.exists()
 
 
+def test_the_training_recipe_caches_sam_3_embeddings(tmp_path, monkeypatch):
+    """`--cache_embeddings` on a later generation (decoder-only on the SAM 3 tracker): the run computes each image's
+    levels once and reads them back in the final evaluation; a second run in the same cache reads everything."""
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "quickstart.yaml"
+    argv = [str(config), "--random_base", "sam3-tiny", "--base_model", str(tmp_path / "base"), "--image_size", "112"]
+    argv += ["--method", "decoder_only", "--cache_embeddings", "true", "--embedding_cache_dir", str(tmp_path / "cache")]
+    argv += ["--num_epochs", "1", "--batch_size", "4", "--hflip", "0", "--report_to", "none"]
+    argv += ["--synthetic_train_size", "4", "--synthetic_eval_size", "2"]
+    stats = []
+    for run in ("first", "second"):
+        monkeypatch.setattr(sys, "argv", [str(TRAIN), *argv, "--output_dir", str(tmp_path / run)])
+        runpy.run_path(str(TRAIN))["main"]()
+        metrics = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert 0 <= metrics["iou"] <= 1
+        stats.append(metrics["embedding_cache"])
+    # first: the baseline evaluation and the epoch compute (2 + 4); the epoch's and the final evaluations read (2 + 2)
+    assert (stats[0]["misses"], stats[0]["hits"]) == (6, 4)
+    assert (stats[1]["misses"], stats[1]["hits"]) == (0, 10) and stats[1]["directory"] == stats[0]["directory"]
+
+
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
-def test_the_embedding_cache_refuses_encoders_that_end_in_an_fpn(variant, tmp_path):
-    model = get_peft_model(random_sam(variant), CadConfig(image_size=64, channels=32))
-    with pytest.raises(ValueError, match=r"ends in an FPN whose levels the mask decoder reads .* Train without"):
-        EmbeddingCache(tmp_path, model)
-    assert not any(tmp_path.iterdir())  # nothing written
+@pytest.mark.parametrize("method", ["decoder_only", "cad"])
+def test_the_embedding_cache_stores_every_fpn_level_and_trains_as_without_it(variant, method, tmp_path):
+    """The decoder of SAM 2 / SAM 3 reads three FPN levels (two through its own trained convolutions): the cache
+    stores them all, bit for bit in float32, and a decoder-only or CAD head trains from them exactly as from the
+    images (the same losses, step by step)."""
+    images = pixels(variant)
+    labels = (images[:, 0] > 0.3).long()
+
+    def build():
+        head = HEADS[variant](sam_config(variant))
+        head.load_state_dict(random_sam(variant, seed=0).state_dict())
+        if method == "cad":
+            torch.manual_seed(0)
+            return get_peft_model(head, CadConfig(image_size=64, channels=32)).train()
+        return head.freeze_encoders().train()
+
+    def train(model, cache=None) -> list[float]:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        losses = []
+        for _ in range(3):
+            inputs = {"pixel_values": images} if cache is None else cache.model_inputs(images)
+            loss = model(**inputs, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    model = build()
+    cache = EmbeddingCache(tmp_path, model, dtype=torch.float32)
+    levels = cache.get_or_compute(images)
+    with torch.no_grad():
+        expected = random_sam(variant, seed=0).vision_encoder(images).fpn_hidden_states
+    assert len(levels) == len(expected) == 3
+    assert all(torch.equal(level, fresh) for level, fresh in zip(levels, expected, strict=True))
+    assert [level.shape[-1] for level in levels] == [
+        4 * levels[-1].shape[-1],
+        2 * levels[-1].shape[-1],
+        levels[-1].shape[-1],
+    ]
+    assert len(cache) == 2 and len(list(cache.directory.glob("??/*.emb"))) == 2  # one file per image
+    reference = train(build())
+    assert train(model, cache) == reference
+    assert (cache.stats.hits, cache.stats.misses) == (6, 2)
+    assert reference[-1] < reference[0]
 
 
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
@@ -368,8 +427,13 @@ def test_the_recipes_methods_build_on_the_later_generations(variant, method, tmp
     trained = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trained and all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert any("mask_decoder" in name for name in trained)
-    with pytest.raises(ValueError, match="SAM-Adapter cannot adapt SAM"):
-        build_model(ModelArguments(base_model=str(tmp_path), method="sam_adapter"))
+    if variant == "sam2-tiny":
+        with pytest.raises(ValueError, match=r"SAM-Adapter cannot adapt SAM 2 \(Hiera encoder\): .*SAM2-Adapter"):
+            build_model(ModelArguments(base_model=str(tmp_path), method="sam_adapter"))
+    else:  # SAM 3's tracker: prompts on every ViT block, beside the mask decoder of the prompt-free head
+        adapted = build_model(ModelArguments(base_model=str(tmp_path), method="sam_adapter"))
+        assert adapted.base_model.targeted_module_names == [f"vision_encoder.backbone.layers.{i}" for i in range(4)]
+        assert any("sam_adapter_" in name for name, p in adapted.named_parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])

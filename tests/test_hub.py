@@ -422,11 +422,15 @@ def _python_block(card_text: str) -> str:
     return card_text.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_plain_save_pretrained_writes_a_card_whose_snippet_loads_the_adapter(tmp_path):
-    from sam_peft import SamForSemanticSegmentation
+@pytest.mark.parametrize("variant", ["tiny", "sam2-tiny"])
+def test_plain_save_pretrained_writes_a_card_whose_snippet_loads_the_adapter(tmp_path, variant):
+    """A multi-class head of SAM or SAM 2: the card's snippet builds the same head (labels and queries)."""
+    from sam_peft.modeling import PROMPT_FREE_CLASSES
 
-    random_sam("tiny").save_pretrained(tmp_path / "base")
-    model = SamForSemanticSegmentation.from_pretrained(tmp_path / "base", num_labels=3, num_mask_tokens=4)
+    base = random_sam(variant)
+    base.save_pretrained(tmp_path / "base")
+    head = PROMPT_FREE_CLASSES[base.config.model_type]
+    model = head.from_pretrained(tmp_path / "base", num_labels=3, num_mask_tokens=4)
     adapted = get_peft_model(model, ConvLoraConfig(num_experts=2)).eval()
     adapted.save_pretrained(tmp_path / "adapter")
     card = ModelCard.load(tmp_path / "adapter" / "README.md")
@@ -434,7 +438,7 @@ def test_plain_save_pretrained_writes_a_card_whose_snippet_loads_the_adapter(tmp
     assert {"sam-peft", "conv-lora", "transformers"} <= set(card.data.tags)
     assert card.data.library_name == "peft" and card.data.base_model == str(tmp_path / "base")
     snippet = _python_block(card.text)
-    assert "import sam_peft" in snippet and "num_labels=3, num_mask_tokens=4" in snippet
+    assert f"sam_peft.{head.__name__}.from_pretrained(" in snippet and "num_labels=3, num_mask_tokens=4" in snippet
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     assert f"({trainable:,} parameters)" in card.text
 

@@ -222,11 +222,31 @@ CASES = [
         other=lambda: SamAdapterConfig(scale_factor=16, layers_to_transform=[0]),
     ),
     Case(
+        "SAM-Adapter",
+        lambda: SamAdapterConfig(scale_factor=8),
+        randomise(0.5),
+        POINTS,
+        base=sam3,
+        other=lambda: SamAdapterConfig(scale_factor=16, layers_to_transform=[0]),
+        image_size=112,
+    ),
+    Case(
         "SLoRA",
         lambda: SloraConfig(r=4),
         randomise(0.5),
         POINTS,
         other=lambda: SloraConfig(r=3, layers_to_transform=[1, 2]),
+    ),
+    # SAM 2: the one adaptable block of the tiny Hiera's stage 2 (block 3, global); SAM 3: windowed and global blocks
+    Case("SLoRA", lambda: SloraConfig(r=4), randomise(0.5), POINTS, base=sam2, other=lambda: SloraConfig(r=3)),
+    Case(
+        "SLoRA",
+        lambda: SloraConfig(r=4),
+        randomise(0.5),
+        POINTS,
+        base=sam3,
+        other=lambda: SloraConfig(r=3, layers_to_transform=[1, 2], prompt_layout="official"),
+        image_size=112,
     ),
 ]
 

@@ -3,7 +3,7 @@ selector that routes each image), its replay buffer, the module selector, prompt
 
 from .buffer import BASE_DOMAIN, BUFFER_FILE, CorruptBufferError, EmbeddingBuffer, image_bytes
 from .metrics import average_accuracy, continual_metrics, forgetting, forward_transfer, save_accuracy_heatmap
-from .model import CONTINUAL_CONFIG_FILE, ContinualSam, ContinualSamOutput
+from .model import CONTINUAL_CONFIG_FILE, SUPPORTED_BASES, ContinualSam, ContinualSamOutput, default_module_blocks
 from .prompting import (
     DomainTrainingArguments,
     evaluate_prompted,
@@ -20,6 +20,7 @@ __all__ = [
     "CONTINUAL_CONFIG_FILE",
     "SELECTOR_CONFIG_FILE",
     "SELECTOR_WEIGHTS_FILE",
+    "SUPPORTED_BASES",
     "ContinualSam",
     "ContinualSamOutput",
     "CorruptBufferError",
@@ -28,6 +29,7 @@ __all__ = [
     "ModuleSelector",
     "average_accuracy",
     "continual_metrics",
+    "default_module_blocks",
     "evaluate_prompted",
     "forgetting",
     "forward_transfer",

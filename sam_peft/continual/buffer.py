@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..modeling.encoder_split import block_features, check_encoder_block
+from ..modeling.encoder_split import block_features, block_width, check_encoder_block
 
 BASE_DOMAIN = "base"
 """Reserved domain name for images that belong to none of the learned domains (SAMCL uses COCO for the original
@@ -59,7 +59,8 @@ class EmbeddingBuffer:
     learned domains (the selector's "no module" class).
 
     Args:
-        feature_dim: Width C of each vector (the encoder's `hidden_size`: 768 for ViT-B).
+        feature_dim: Width C of each vector (the feature block's width: the encoder's `hidden_size`, 768 for
+            ViT-B; on SAM 2's Hiera, the width of the block's stage).
         entries_per_domain: N_e, the most entries kept per domain (SAMCL: 300); a domain with fewer images keeps
             them all.
         block_index: Encoder block (0-based) the features come from (SAMCL: 6); recorded, and used by
@@ -96,9 +97,9 @@ class EmbeddingBuffer:
         entries_per_domain: int = DEFAULT_ENTRIES_PER_DOMAIN,
         dtype: torch.dtype = torch.float32,
     ) -> EmbeddingBuffer:
-        """An empty buffer for the features of block `block_index` of `vision_encoder` (a SAM vision encoder)."""
-        check_encoder_block(vision_encoder, block_index)
-        return cls(vision_encoder.config.hidden_size, entries_per_domain, block_index, dtype)
+        """An empty buffer for the features of block `block_index` of `vision_encoder` (a SAM vision encoder of any
+        generation): as wide as that block's output (`block_width`)."""
+        return cls(block_width(vision_encoder, block_index), entries_per_domain, block_index, dtype)
 
     @property
     def domains(self) -> list[str]:

@@ -1,5 +1,9 @@
 """`ContinualSam`: one frozen SAM, one SLoRA module per learned domain, and a selector that routes each image.
 
+Any generation of prompted SAM is a base: `SamModel` (SAM), `Sam2Model` (SAM 2 / 2.1, Hiera) or `Sam3TrackerModel`
+(SAM 3's tracker); the modules adapt the blocks SLoRA adapts by default on it (the last five; on Hiera those of the
+image-embedding stage) and the selector reads the block before them.
+
 SAMCL in PEFT terms: every domain is a named adapter on one `PeftModel`; the replay buffer holds one pooled
 early-block feature vector per stored image; the module selector (an MLP on those vectors) picks the adapter of
 each image, or none (the base SAM) for images of no learned domain.
@@ -34,21 +38,29 @@ from huggingface_hub import HfApi
 from peft import PeftModel, get_peft_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from transformers import SamModel
+from transformers import AutoModel, PreTrainedModel, Sam2Model, Sam3TrackerModel, SamModel
 from transformers.utils import ModelOutput
 
 from ..data import sam_collate_fn
-from ..modeling.encoder_split import encoder_prefix, encoder_suffix
+from ..modeling.encoder_split import block_width, encoder_prefix, encoder_suffix
+from ..modeling.semantic_sam2 import fpn_decoder_embeddings
 from ..tuners.slora import SloraConfig
-from ..tuners.slora.config import default_adapted_blocks
+from ..tuners.slora.encoders import encoder_layout
 from .buffer import BASE_DOMAIN, DEFAULT_ENTRIES_PER_DOMAIN, EmbeddingBuffer
 from .prompting import DomainTrainingArguments, train_module
 from .selector import ModuleSelector
 
 CONTINUAL_CONFIG_FILE = "continual_config.json"
 CONTINUAL_FORMAT_VERSION = 1
-# the vision-encoder settings a saved continual model must share with the base it is loaded onto
+# the prompted SAM models a continual model is built on, one per generation
+SUPPORTED_BASES: tuple[type[PreTrainedModel], ...] = (SamModel, Sam2Model, Sam3TrackerModel)
+# the vision-encoder settings a saved continual model must share with the base it is loaded onto: SAM's vision config
 _BASE_SIGNATURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "output_channels", "image_size")
+# SAM 2's and SAM 3's: their backbone config's (besides the model type and the FPN width)
+_BACKBONE_SIGNATURE_KEYS = {
+    "sam2": ("embed_dim_per_stage", "blocks_per_stage", "num_attention_heads_per_stage", "image_size"),
+    "sam3_tracker": ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size"),
+}
 
 
 @dataclass
@@ -56,31 +68,58 @@ class ContinualSamOutput(ModelOutput):
     """Output of `ContinualSam.forward`.
 
     Args:
-        pred_masks: `(B, point_batch, num_masks, h, w)` low-resolution mask logits, as `SamModel` returns them.
+        pred_masks: `(B, point_batch, num_masks, h, w)` low-resolution mask logits, as the base model returns them.
         iou_scores: `(B, point_batch, num_masks)` SAM's predicted IoU of each mask.
         domains: The module each image was routed to (`None`: the base SAM).
+        object_score_logits: `(B, point_batch, 1)` SAM 2's and SAM 3's logit that the object is in the image;
+            `None` on SAM.
     """
 
     pred_masks: Tensor | None = None
     iou_scores: Tensor | None = None
     domains: list[str | None] | None = None
+    object_score_logits: Tensor | None = None
 
 
-def base_signature(sam: SamModel) -> dict[str, int]:
-    """The vision-encoder settings that decide whether saved modules and features fit a base SAM."""
-    vision = sam.config.vision_config
-    return {key: getattr(vision, key) for key in _BASE_SIGNATURE_KEYS}
+def base_signature(sam: PreTrainedModel) -> dict[str, Any]:
+    """The vision-encoder settings that decide whether saved modules and features fit a base SAM.
+
+    SAM: its vision config's `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `output_channels` and
+    `image_size`. SAM 2 / SAM 3's tracker: the `model_type`, the backbone's widths, blocks, heads and image size,
+    and the FPN width. Values as JSON holds them (lists, not tuples).
+    """
+    config = sam.config
+    vision = config.vision_config
+    if config.model_type not in _BACKBONE_SIGNATURE_KEYS:
+        signature = {key: getattr(vision, key) for key in _BASE_SIGNATURE_KEYS}
+    else:
+        backbone = vision.backbone_config
+        signature = {
+            "model_type": config.model_type,
+            **{key: getattr(backbone, key) for key in _BACKBONE_SIGNATURE_KEYS[config.model_type]},
+            "fpn_hidden_size": vision.fpn_hidden_size,
+        }
+    return json.loads(json.dumps(signature))
+
+
+def default_module_blocks(sam: PreTrainedModel) -> list[int]:
+    """The blocks a domain's module adapts when its `layers_to_transform` is unset: SLoRA's default on `sam`'s
+    encoder (the last five blocks; on SAM 2's Hiera the last five adaptable blocks of the image-embedding stage)
+    without block 0, so that the selector reads an earlier block (ViT-B: 7..11; Hiera-T: 5..9)."""
+    return [block for block in encoder_layout(sam.vision_encoder).default_blocks() if block >= 1]
 
 
 class ContinualSam(nn.Module):
     """A SAM that learns domain after domain without forgetting: one SLoRA module per domain, routed per image.
 
     Args:
-        sam: The base `SamModel`; it is frozen (its mask decoder too) and wrapped in place by the first domain.
+        sam: The base prompted SAM (`SamModel`, `Sam2Model` or `Sam3TrackerModel`); it is frozen (its mask decoder
+            too) and wrapped in place by the first domain.
         module_config: The `SloraConfig` every domain's module is built from (default: `SloraConfig()`, the paper's
-            rank 10 on ViT-B blocks 7..11). Its adapted blocks must all come after `feature_block`.
+            rank 10 on ViT-B blocks 7..11; on other encoders `default_module_blocks`). Its adapted blocks must all
+            come after `feature_block`.
         feature_block: The encoder block whose pooled output the selector reads (default: the block before the
-            first adapted one: 6 on ViT-B).
+            first adapted one: 6 on ViT-B, 4 on Hiera-T). Its width (on Hiera, its stage's) is the buffer's.
         entries_per_domain: Buffer entries (training images) kept per domain (SAMCL: 300).
         selector_epochs, selector_lr, selector_batch_size: How the selector is refitted after each domain
             (SAMCL: 25 epochs of SGD at 0.01, batches of 24).
@@ -90,7 +129,7 @@ class ContinualSam(nn.Module):
 
     def __init__(
         self,
-        sam: SamModel,
+        sam: PreTrainedModel,
         module_config: SloraConfig | None = None,
         *,
         feature_block: int | None = None,
@@ -102,8 +141,12 @@ class ContinualSam(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(sam, SamModel):
-            raise TypeError(f"ContinualSam wraps a transformers SamModel (prompted SAM); got {type(sam).__name__}.")
+        if not isinstance(sam, SUPPORTED_BASES):
+            names = ", ".join(cls.__name__ for cls in SUPPORTED_BASES)
+            raise TypeError(
+                f"ContinualSam wraps a transformers SamModel (a prompted SAM of any generation: {names}); got "
+                f"{type(sam).__name__}."
+            )
         self.module_config = module_config if module_config is not None else SloraConfig()
         self.adapted_blocks = self._adapted_blocks(sam, self.module_config)
         if feature_block is None:
@@ -122,19 +165,21 @@ class ContinualSam(nn.Module):
         self.base_model, self.seed = base_model, seed
         self.sam = sam.requires_grad_(False).eval()
         self.peft_model: PeftModel | None = None
-        hidden_size = sam.config.vision_config.hidden_size
-        self.buffer = EmbeddingBuffer(hidden_size, entries_per_domain=entries_per_domain, block_index=feature_block)
-        self.selector = ModuleSelector(hidden_size, seed=seed)
+        width = block_width(sam.vision_encoder, feature_block)
+        self.buffer = EmbeddingBuffer(width, entries_per_domain=entries_per_domain, block_index=feature_block)
+        self.selector = ModuleSelector(width, seed=seed)
 
     @staticmethod
-    def _adapted_blocks(sam: SamModel, config: SloraConfig) -> list[int]:
-        num_blocks = sam.config.vision_config.num_hidden_layers
+    def _adapted_blocks(sam: PreTrainedModel, config: SloraConfig) -> list[int]:
+        layout = encoder_layout(sam.vision_encoder)
+        num_blocks = len(layout.blocks)
         layers = config.layers_to_transform
         if layers is None:  # SLoRA's default, after block 0: the selector reads a block before the first adapted one
-            layers = [block for block in default_adapted_blocks(num_blocks) if block >= 1]
+            layers = default_module_blocks(sam)
         blocks = sorted([layers] if isinstance(layers, int) else layers)
         if not blocks or blocks[0] < 1 or blocks[-1] >= num_blocks:
             raise ValueError(f"Adapted blocks {blocks} must lie in [1, {num_blocks - 1}] for this encoder.")
+        layout.check_blocks(blocks)  # e.g. Hiera: blocks of one stage, none that widens the tokens
         return blocks
 
     @property
@@ -147,6 +192,14 @@ class ContinualSam(nn.Module):
         """The SAM vision encoder, with the modules' layers once a domain is learned."""
         return self.sam.vision_encoder
 
+    def decoder_image_embeddings(self, encoder_output: Tensor | tuple[Tensor, ...]) -> Tensor | list[Tensor]:
+        """The vision encoder's output (`encoder_suffix`'s) as the base model's forward takes it as
+        `image_embeddings`: SAM's `(B, C, h, w)` as it is; SAM 2's and SAM 3's FPN levels through the decoder's
+        `conv_s0` / `conv_s1` and the no-memory embedding (`fpn_decoder_embeddings`)."""
+        if isinstance(encoder_output, Tensor):
+            return encoder_output
+        return fpn_decoder_embeddings(self.sam, encoder_output)
+
     def _check_new_domain(self, name: str) -> None:
         if not isinstance(name, str) or not name or name == BASE_DOMAIN:
             raise ValueError(f"A domain needs a non-empty name other than the reserved {BASE_DOMAIN!r}; got {name!r}.")
@@ -156,6 +209,8 @@ class ContinualSam(nn.Module):
     def add_module(self, name: str) -> PeftModel:
         """A fresh (identity) module for domain `name`, made the active, trainable adapter."""
         config = copy.deepcopy(self.module_config)
+        # unset, SLoRA would adapt its own default, which may include block 0 (a short encoder) or the feature block
+        config.layers_to_transform = list(self.adapted_blocks)
         if self.peft_model is None:
             self.peft_model = get_peft_model(self.sam, config, adapter_name=name)
         else:
@@ -253,8 +308,9 @@ class ContinualSam(nn.Module):
         input_points: Tensor | None = None,
         input_labels: Tensor | None = None,
         domains: list[str | None] | None = None,
-    ) -> tuple[Tensor, list[str | None]]:
-        """Routed image embeddings `(B, C, h, w)` and the module of each image.
+    ) -> tuple[Tensor | tuple[Tensor, ...], list[str | None]]:
+        """Routed vision-encoder outputs and the module of each image: SAM's image embeddings `(B, C, h, w)`, or
+        SAM 2's / SAM 3's FPN levels `(B, C, h_i, w_i)`, high to low resolution (`encoder_suffix`).
 
         The blocks up to `feature_block` run once for the whole batch; the selector reads their pooled output
         (unless `domains` names the module of each image); each group of images sharing a module continues
@@ -267,7 +323,7 @@ class ContinualSam(nn.Module):
         elif len(domains) != pixel_values.shape[0]:
             raise ValueError(f"Got {len(domains)} domains for {pixel_values.shape[0]} images.")
         groups = dict.fromkeys(domains)
-        embeddings: Tensor | None = None
+        embeddings: list[Tensor] | None = None
         for domain in groups:
             if len(groups) == 1:  # one module for the whole batch: no gathering or scattering
                 index = slice(None)
@@ -278,14 +334,19 @@ class ContinualSam(nn.Module):
                 prompts = self.peft_model.base_model.prompts(
                     input_points[index], None if input_labels is None else input_labels[index]
                 )
+            images = prefix.select(index)
             with self.use_module(domain), prompts:
-                group = encoder_suffix(self.vision_encoder, prefix.hidden_states[index], self.feature_block)
+                group = encoder_suffix(
+                    self.vision_encoder, images.hidden_states, self.feature_block, images.stage_outputs
+                )
             if len(groups) == 1:
                 return group, domains
+            levels = (group,) if isinstance(group, Tensor) else group
             if embeddings is None:
-                embeddings = group.new_empty((len(domains), *group.shape[1:]))
-            embeddings[index] = group
-        return embeddings, domains
+                embeddings = [level.new_empty((len(domains), *level.shape[1:])) for level in levels]
+            for gathered, level in zip(embeddings, levels, strict=True):
+                gathered[index] = level
+        return (embeddings[0] if isinstance(group, Tensor) else tuple(embeddings)), domains
 
     def forward(
         self,
@@ -296,16 +357,22 @@ class ContinualSam(nn.Module):
         multimask_output: bool = False,
         domains: list[str | None] | None = None,
     ) -> ContinualSamOutput:
-        """Segment each image with the module of its domain (see `image_embeddings`); prompts as for `SamModel`."""
-        embeddings, domains = self.image_embeddings(pixel_values, input_points, input_labels, domains)
+        """Segment each image with the module of its domain (see `image_embeddings`); prompts as for the base
+        model's forward (`SamModel`'s, `Sam2Model`'s, `Sam3TrackerModel`'s)."""
+        encoder_output, domains = self.image_embeddings(pixel_values, input_points, input_labels, domains)
         outputs = self.sam(
-            image_embeddings=embeddings,
+            image_embeddings=self.decoder_image_embeddings(encoder_output),
             input_points=input_points,
             input_labels=input_labels,
             input_boxes=input_boxes,
             multimask_output=multimask_output,
         )
-        return ContinualSamOutput(pred_masks=outputs.pred_masks, iou_scores=outputs.iou_scores, domains=domains)
+        return ContinualSamOutput(
+            pred_masks=outputs.pred_masks,
+            iou_scores=outputs.iou_scores,
+            domains=domains,
+            object_score_logits=getattr(outputs, "object_score_logits", None),
+        )
 
     def _continual_config(self) -> dict[str, Any]:
         return {
@@ -353,13 +420,14 @@ class ContinualSam(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, sam: SamModel | None = None, revision: str | None = None
+        cls, name_or_path: str | os.PathLike, sam: PreTrainedModel | None = None, revision: str | None = None
     ) -> ContinualSam:
         """Load a continual model saved by `save_pretrained` (a folder or a Hub repository id).
 
         Args:
             name_or_path: The folder, or a Hub repository id.
-            sam: The base model; default: `SamModel.from_pretrained` of the recorded `base_model`.
+            sam: The base model; default: the recorded `base_model`, loaded with `AutoModel` (its config's model
+                type picks `SamModel`, `Sam2Model` or `Sam3TrackerModel`).
 
         Raises:
             ValueError: when `sam` is not the kind of base the model was trained on (another size).
@@ -374,10 +442,14 @@ class ContinualSam(nn.Module):
         if sam is None:
             if not config.get("base_model"):
                 raise ValueError(f"{config_path} records no base_model: pass `sam`.")
-            sam = SamModel.from_pretrained(config["base_model"])
+            sam = AutoModel.from_pretrained(config["base_model"])
         expected, found = config["base_signature"], base_signature(sam)
         if found != expected:
-            differences = ", ".join(f"{k} {expected[k]} != {found[k]}" for k in expected if expected[k] != found[k])
+            differences = ", ".join(
+                f"{k} {expected.get(k)} != {found.get(k)}"
+                for k in {**expected, **found}
+                if expected.get(k) != found.get(k)
+            )
             raise ValueError(
                 f"The continual model in {name_or_path} was trained on a SAM with {expected}; the base model given "
                 f"differs ({differences}). Load it onto the same SAM size it was trained on."

@@ -1,11 +1,15 @@
-"""Training and evaluating one domain's module on a prompted `SamModel`, as SAMCL does.
+"""Training and evaluating one domain's module on a prompted SAM (`SamModel`, `Sam2Model`, `Sam3TrackerModel`), as
+SAMCL does.
 
 Each image gets a few positive point prompts sampled once from its mask (the same points in every epoch and at
 evaluation, drawn from a generator seeded by the image id). The loss is SAMCL's: sigmoid focal loss
 (alpha 0.8, gamma 2) + 10 x dice + the squared error of SAM's predicted IoU against the IoU the mask actually
 reaches. The base SAM, its mask decoder included, stays frozen: only the active adapter trains.
 
-Shapes: `B` images, `S` the padded input side, `N` points per image, `h x w` the decoder's low-resolution masks.
+Shapes: `B` images, `S` the padded input side, `N` points per image, `h x w` the decoder's low-resolution masks
+(4 times the image-embedding grid on every generation). Points are (x, y) pixels of the `S x S` input, the frame of
+the prompt encoder (`prompt_encoder.input_image_size`): the data must be prepared at the model's input size
+(`sam_peft.modeling.input_image_size`). SAM 2's and SAM 3's `object_score_logits` are not part of the loss.
 """
 
 from __future__ import annotations
@@ -149,10 +153,10 @@ def train_module(
     recipes' shared loop (`sam_peft.training.optimizer_steps`): mixed precision, gradient accumulation and several
     processes come from `accelerator` (by default one built from `args`).
 
-    `model` is a (PEFT-wrapped) `SamModel`; `dataset` yields SAM inputs (`sam_peft.data.prepare_for_sam`) with
-    an `id` column. Adam with a cosine decay over all steps. With `log_prefix`, each step's loss and learning rate
-    go to the accelerator's trackers as `{log_prefix}loss` and `{log_prefix}lr`. Returns the loss of every
-    optimiser step (the mean over the processes).
+    `model` is a (PEFT-wrapped) prompted SAM of any generation; `dataset` yields SAM inputs
+    (`sam_peft.data.prepare_for_sam`) with an `id` column. Adam with a cosine decay over all steps. With
+    `log_prefix`, each step's loss and learning rate go to the accelerator's trackers as `{log_prefix}loss` and
+    `{log_prefix}lr`. Returns the loss of every optimiser step (the mean over the processes).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:

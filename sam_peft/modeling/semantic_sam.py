@@ -12,6 +12,11 @@ SAM's prompt encoder is fed no prompt, so every image gets the same prompt token
 
 SAM's IoU head and its other three mask tokens and hypernetwork MLPs are not part of the model.
 `SamForSemanticSegmentation.from_pretrained` loads both SAM checkpoints (`SamModel`, `SamHQModel`) and its own.
+
+What the heads of the later generations (`semantic_sam2`: SAM 2 / 2.1, SAM 3's tracker) share with this one lives
+here: the config fields (`SemanticSegmentationConfigMixin`), the decoder's tokens and class branch
+(`PromptFreeMaskDecoderMixin`), and the labels check, class scores, losses, outputs, post-processing and refusal of
+another task's decoder weights (`SemanticSegmentationHeadMixin`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from torch import Tensor, nn
 from transformers import SamConfig, SamHQModel, SamModel
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
 from transformers.models.sam.modeling_sam import (
     SamMaskDecoder,
     SamPositionalEmbedding,
@@ -56,7 +60,11 @@ def check_sam_generation(model_type: str | None, source: str) -> None:
         from .semantic_sam2 import PROMPT_FREE_CLASSES  # the later generations' heads, built on this module
 
         head = PROMPT_FREE_CLASSES.get(model_type)
-        use = f"use sam_peft.{head.__name__} (binary)" if head else "its prompt-free head is not available yet"
+        use = (
+            f"use sam_peft.{head.__name__} (binary or multi-class)"
+            if head
+            else "its prompt-free head is not available yet"
+        )
         raise ValueError(
             f"{source} is a {architecture_name(model_type)} config; SamForSemanticSegmentation builds SAM and SAM-HQ "
             f"models only (model_type in {sorted(_SAM_CHECKPOINT_CLASSES)}): {use}."
@@ -81,7 +89,32 @@ _KEPT_SAM_PREFIXES = (
 )
 
 
-class SamSemanticSegmentationConfig(SamConfig):
+@dataclass(kw_only=True, repr=False, eq=False)
+class SemanticSegmentationConfigMixin:
+    """The task head and loss fields of the prompt-free configs of every SAM generation, with their defaults
+    (documented on `SamSemanticSegmentationConfig`): mixed into `SamSemanticSegmentationConfig`,
+    `Sam2SemanticSegmentationConfig` and `Sam3TrackerSemanticSegmentationConfig` before the generation's config.
+    `num_labels` defaults to 1 (binary) rather than transformers' 2."""
+
+    num_mask_tokens: int | None = None
+    semantic_loss: str = "structure"
+    semantic_loss_ignore_index: int = 255
+    class_weight: float = 1.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    moe_loss_weight: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            kwargs["num_labels"] = 1
+        super().__post_init__(**kwargs)
+
+
+class SamSemanticSegmentationConfig(SemanticSegmentationConfigMixin, SamConfig):
     r"""Configuration of [`SamForSemanticSegmentation`]: a [`SamConfig`] plus the task head and loss settings.
 
     `num_labels` / `id2label` / `label2id` are the standard classification fields: `num_labels=1` is a binary
@@ -115,23 +148,6 @@ class SamSemanticSegmentationConfig(SamConfig):
         moe_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the auxiliary losses of sam-peft layers (Conv-LoRA's expert balance loss) added to the loss.
     """
-
-    num_mask_tokens: int | None = None
-    semantic_loss: str = "structure"
-    semantic_loss_ignore_index: int = 255
-    class_weight: float = 1.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
-    train_num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    moe_loss_weight: float = 1.0
-
-    def __post_init__(self, **kwargs):
-        if self.id2label is None and kwargs.get("num_labels") is None:
-            kwargs["num_labels"] = 1
-        super().__post_init__(**kwargs)
 
     @classmethod
     def from_sam_config(cls, config: SamConfig, **kwargs: Any) -> SamSemanticSegmentationConfig:
@@ -213,20 +229,33 @@ class SamSemanticSegmentationOutput(ModelOutput):
     vision_attentions: tuple[Tensor, ...] | None = None
 
 
-class SamSemanticMaskDecoder(SamMaskDecoder):
+class PromptFreeMaskDecoderMixin:
+    """A generation's mask decoder with `num_mask_tokens` mask tokens, one shared hypernetwork MLP and, for
+    `num_labels > 1`, `class_predictor`: mixed in before the generation's decoder class (`SamMaskDecoder`,
+    `Sam2MaskDecoder`, ...), which builds everything else, so parameter names match its checkpoints.
+
+    The decoder is built for `num_mask_tokens` tokens (`num_multimask_outputs = num_mask_tokens - 1`); then the
+    heads named by `unused_heads` (the IoU head, ...) and the hypernetwork MLPs beyond the first are removed.
+    """
+
+    unused_heads: ClassVar[tuple[str, ...]] = ("iou_prediction_head",)
+
+    def __init__(self, config: PreTrainedConfig, num_mask_tokens: int, num_labels: int):
+        decoder_config = copy.deepcopy(config)
+        decoder_config.num_multimask_outputs = num_mask_tokens - 1
+        super().__init__(decoder_config)
+        for name in self.unused_heads:
+            delattr(self, name)
+        self.output_hypernetworks_mlps = nn.ModuleList([self.output_hypernetworks_mlps[0]])
+        self.class_predictor = nn.Linear(self.hidden_size, num_labels + 1) if num_labels > 1 else None
+
+
+class SamSemanticMaskDecoder(PromptFreeMaskDecoderMixin, SamMaskDecoder):
     """SAM's mask decoder run without prompts, with `num_mask_tokens` tokens and one shared hypernetwork MLP.
 
     Built by `SamMaskDecoder` itself, so parameter names match SAM checkpoints; the IoU head and the
     hypernetwork MLPs beyond the first are removed. Multi-class decoders add `class_predictor`.
     """
-
-    def __init__(self, config: SamMaskDecoderConfig, num_mask_tokens: int, num_labels: int):
-        decoder_config = copy.deepcopy(config)
-        decoder_config.num_multimask_outputs = num_mask_tokens - 1
-        super().__init__(decoder_config)
-        del self.iou_prediction_head
-        self.output_hypernetworks_mlps = nn.ModuleList([self.output_hypernetworks_mlps[0]])
-        self.class_predictor = nn.Linear(self.hidden_size, num_labels + 1) if num_labels > 1 else None
 
     def forward(
         self, image_embeddings: Tensor, image_positional_embeddings: Tensor, dense_prompt_embeddings: Tensor
@@ -266,7 +295,156 @@ class SamSemanticMaskDecoder(SamMaskDecoder):
         return masks, class_logits
 
 
-class SamForSemanticSegmentation(SamPreTrainedModel):
+def semantic_scores(class_queries_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Per-class scores of a multi-class head: `sum_n softmax(class_queries_logits)[n, c] * sigmoid(mask_n)`.
+
+    Args:
+        class_queries_logits: `(B, N, K + 1)` class logits of every query, the last one "no object".
+        mask_logits: `(B, N, H, W)` mask logits of every query.
+
+    Returns:
+        `(B, K, H, W)` scores in [0, 1] ("no object" dropped); their argmax is the label map.
+    """
+    class_probs = class_queries_logits.softmax(-1)[..., :-1]  # (B, N, K), "no object" dropped
+    return torch.einsum("bnc,bnhw->bchw", class_probs, mask_logits.sigmoid())
+
+
+class SemanticSegmentationHeadMixin:
+    """What the prompt-free models of every SAM generation share, whatever computes their queries' masks (and
+    class logits): the labels check, the logits at the input size, the losses and outputs, the post-processing,
+    the random initialisation of the queries, and the refusal of mask decoder weights of another task.
+
+    Mixed in before the model's `PreTrainedModel` class; the model's `mask_decoder` is a
+    `PromptFreeMaskDecoderMixin` (or, for the binary heads of SAM 2 / SAM 3, the generation's own decoder) and
+    its config a `SemanticSegmentationConfigMixin`.
+    """
+
+    # The task head: a sam-peft tuner (`SamPeftTuner`) trains and saves these modules in full when the adapter's
+    # config leaves `modules_to_save` unset, as peft does with a classifier. Subclasses may name others, or `None`.
+    peft_default_modules_to_save: ClassVar[tuple[str, ...] | None] = ("mask_decoder",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        decoder = getattr(self, "mask_decoder", None)
+        if isinstance(decoder, PromptFreeMaskDecoderMixin) and (
+            module is decoder.iou_token or module is decoder.mask_tokens
+        ):
+            # N(0, 1) as in the original SAM (PyTorch's `nn.Embedding` default) rather than N(0, 0.02): the first
+            # self-attention of the two-way transformer has no residual, so near-zero random tokens come out
+            # almost identical and a multi-class model cannot tell its queries apart. Loaded weights are kept.
+            init.normal_(module.weight, std=1.0)
+
+    def _check_labels(self, labels: Tensor, batch_size: int, size: tuple[int, int]) -> None:
+        check_labels(labels, batch_size, size, self.config.num_labels, self.config.semantic_loss_ignore_index)
+
+    def _binary_decoder_tokens(self) -> int:
+        """Mask tokens of this architecture's binary decoder (SAM's prompt-free decoder has one)."""
+        return 1
+
+    def _semantic_outputs(
+        self,
+        masks_queries_logits: Tensor,
+        class_queries_logits: Tensor | None,
+        output_size: tuple[int, int],
+        labels: Tensor | None = None,
+        unused_outputs: Tensor | None = None,
+        **outputs: Any,
+    ) -> SamSemanticSegmentationOutput:
+        """The model's output from its queries' masks (and class logits): logits at `output_size` and, with
+        `labels` (already checked), the losses.
+
+        Args:
+            masks_queries_logits: `(B, N, h, w)` mask logits of every query at the decoder's resolution.
+            class_queries_logits: `(B, N, K + 1)` class logits of every query; `None` for binary models (N = 1).
+            output_size: `(H, W)` of the logits and labels.
+            labels: `(B, H, W)` integer labels, or `None`.
+            unused_outputs: a sum of decoder outputs that do not shape the prediction but belong to trained
+                weights; it enters the loss with weight 0, so that every trained weight gets a gradient (several
+                processes under DDP need that) and the loss is unchanged.
+            outputs: further output fields (`vision_hidden_states`, `vision_attentions`).
+        """
+        # (B, N, H, W) at the padded input size
+        upsampled_masks = F.interpolate(masks_queries_logits, size=output_size, mode="bilinear", align_corners=False)
+        if class_queries_logits is None:
+            logits = upsampled_masks
+        else:
+            logits = semantic_scores(class_queries_logits, upsampled_masks)
+
+        loss = task_loss = aux_loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if class_queries_logits is None:
+                task_loss = binary_segmentation_loss(
+                    upsampled_masks, labels, self.config.semantic_loss, self.config.semantic_loss_ignore_index
+                )
+            else:
+                task_loss = semantic_set_loss(
+                    masks_queries_logits,
+                    class_queries_logits,
+                    labels,
+                    ignore_index=self.config.semantic_loss_ignore_index,
+                    class_weight=float(self.config.class_weight),
+                    mask_weight=float(self.config.mask_weight),
+                    dice_weight=float(self.config.dice_weight),
+                    no_object_weight=float(self.config.no_object_weight),
+                    num_points=int(self.config.train_num_points),
+                    oversample_ratio=float(self.config.oversample_ratio),
+                    importance_sample_ratio=float(self.config.importance_sample_ratio),
+                )
+            aux_loss = auxiliary_loss(self).to(task_loss)
+            loss = task_loss + self.config.moe_loss_weight * aux_loss
+            if unused_outputs is not None:
+                loss = loss + 0.0 * unused_outputs
+
+        return SamSemanticSegmentationOutput(
+            loss=loss,
+            task_loss=task_loss,
+            auxiliary_loss=aux_loss,
+            logits=logits,
+            masks_queries_logits=masks_queries_logits,
+            class_queries_logits=class_queries_logits,
+            **outputs,
+        )
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs: SamSemanticSegmentationOutput,
+        original_sizes: Tensor | Sequence[Sequence[int]],
+        reshaped_input_sizes: Tensor | Sequence[Sequence[int]],
+    ) -> list[Tensor]:
+        """See `post_process_semantic_segmentation`."""
+        return post_process_semantic_segmentation(outputs, original_sizes, reshaped_input_sizes)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Refuses, with the fix, mask decoder weights of another task (e.g. a multi-class adapter loaded onto a
+        binary model), which torch would report as a bare size mismatch or, for the class branch, skip silently.
+        The decoder may be wrapped (peft's `modules_to_save`), so its weights are found by their name's end."""
+        decoder_keys = [key for key in state_dict if key.startswith(prefix + "mask_decoder.")]
+        saved_tokens = next((state_dict[k] for k in decoder_keys if k.endswith(".mask_tokens.weight")), None)
+        if saved_tokens is not None:
+            saved_classifier = next(
+                (state_dict[k] for k in decoder_keys if k.endswith(".class_predictor.weight")), None
+            )
+            saved = (1 if saved_classifier is None else saved_classifier.shape[0] - 1, saved_tokens.shape[0])
+            if saved[0] == 1 and saved[1] == self._binary_decoder_tokens():
+                saved = (1, 1)  # a binary decoder: one query, whatever tokens the architecture holds
+            if saved != (self.config.num_labels, self.config.num_mask_tokens):
+                task = f"num_labels={saved[0]}"
+                if saved[0] > 1 and saved[1] != DEFAULT_MULTICLASS_MASK_TOKENS:
+                    task += f", num_mask_tokens={saved[1]}"
+                raise ValueError(
+                    f"The mask decoder weights being loaded are for num_labels={saved[0]} with num_mask_tokens="
+                    f"{saved[1]}, but this model has num_labels={self.config.num_labels} and num_mask_tokens="
+                    f"{self.config.num_mask_tokens}. Build the base model for that task: "
+                    f"{type(self).__name__}.from_pretrained(base, {task}) (with AutoPeftModel: "
+                    f"AutoPeftModel.from_pretrained(adapter, {task}, import_allowlist=['sam_peft'])), or load a "
+                    "training run with sam_peft.training.load_trained(run_folder)."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SamForSemanticSegmentation(SemanticSegmentationHeadMixin, SamPreTrainedModel):
     """SAM as a prompt-free binary or multi-class semantic segmentation model.
 
     Module names are `SamModel`'s (`vision_encoder`, `prompt_encoder`, `shared_image_embedding`, `mask_decoder`),
@@ -283,9 +461,6 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
 
     config_class = SamSemanticSegmentationConfig
     config: SamSemanticSegmentationConfig
-    # The task head: a sam-peft tuner (`SamPeftTuner`) trains and saves these modules in full when the adapter's
-    # config leaves `modules_to_save` unset, as peft does with a classifier. Subclasses may name others, or `None`.
-    peft_default_modules_to_save: ClassVar[tuple[str, ...] | None] = ("mask_decoder",)
     _tied_weights_keys: ClassVar[dict[str, str]] = {
         "prompt_encoder.shared_embedding.positional_embedding": "shared_image_embedding.positional_embedding"
     }
@@ -296,11 +471,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
     def __init__(self, config: SamConfig):
         if not isinstance(config, SamSemanticSegmentationConfig):
             config = SamSemanticSegmentationConfig.from_sam_config(config)
-        if config.semantic_loss not in BINARY_LOSSES:
-            raise ValueError(
-                f"Unknown semantic_loss {config.semantic_loss!r}; expected one of {sorted(BINARY_LOSSES)}."
-            )
-        config.num_mask_tokens = _resolve_num_mask_tokens(config)
+        config.num_mask_tokens = check_task_config(config)
         super().__init__(config)
         self.shared_image_embedding = SamPositionalEmbedding(config.vision_config)
         self.vision_encoder = SamVisionEncoder(config.vision_config)
@@ -311,16 +482,6 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
             config.mask_decoder_config, config.num_mask_tokens, config.num_labels
         )
         self.post_init()
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        decoder = getattr(self, "mask_decoder", None)
-        if decoder is not None and (module is decoder.iou_token or module is decoder.mask_tokens):
-            # N(0, 1) as in the original SAM (PyTorch's `nn.Embedding` default) rather than N(0, 0.02): the first
-            # self-attention of the two-way transformer has no residual, so near-zero random tokens come out
-            # almost identical and a multi-class model cannot tell its queries apart. Loaded weights are kept.
-            init.normal_(module.weight, std=1.0)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.vision_encoder.get_input_embeddings()
@@ -381,85 +542,14 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         masks_queries_logits, class_queries_logits = self.mask_decoder(
             image_embeddings, image_positional_embeddings, dense_embeddings
         )
-        # (B, N, H, W) at the padded input size
-        upsampled_masks = F.interpolate(masks_queries_logits, size=output_size, mode="bilinear", align_corners=False)
-        if class_queries_logits is None:
-            logits = upsampled_masks
-        else:
-            class_probs = class_queries_logits.softmax(-1)[..., :-1]  # (B, N, K), "no object" dropped
-            logits = torch.einsum("bnc,bnhw->bchw", class_probs, upsampled_masks.sigmoid())
-
-        loss = task_loss = aux_loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            if class_queries_logits is None:
-                task_loss = binary_segmentation_loss(
-                    upsampled_masks, labels, self.config.semantic_loss, self.config.semantic_loss_ignore_index
-                )
-            else:
-                task_loss = semantic_set_loss(
-                    masks_queries_logits,
-                    class_queries_logits,
-                    labels,
-                    ignore_index=self.config.semantic_loss_ignore_index,
-                    class_weight=float(self.config.class_weight),
-                    mask_weight=float(self.config.mask_weight),
-                    dice_weight=float(self.config.dice_weight),
-                    no_object_weight=float(self.config.no_object_weight),
-                    num_points=int(self.config.train_num_points),
-                    oversample_ratio=float(self.config.oversample_ratio),
-                    importance_sample_ratio=float(self.config.importance_sample_ratio),
-                )
-            aux_loss = auxiliary_loss(self).to(task_loss)
-            loss = task_loss + self.config.moe_loss_weight * aux_loss
-
-        return SamSemanticSegmentationOutput(
-            loss=loss,
-            task_loss=task_loss,
-            auxiliary_loss=aux_loss,
-            logits=logits,
-            masks_queries_logits=masks_queries_logits,
-            class_queries_logits=class_queries_logits,
+        return self._semantic_outputs(
+            masks_queries_logits,
+            class_queries_logits,
+            output_size,
+            labels,
             vision_hidden_states=vision_hidden_states,
             vision_attentions=vision_attentions,
         )
-
-    def _check_labels(self, labels: Tensor, batch_size: int, size: tuple[int, int]) -> None:
-        check_labels(labels, batch_size, size, self.config.num_labels, self.config.semantic_loss_ignore_index)
-
-    def post_process_semantic_segmentation(
-        self,
-        outputs: SamSemanticSegmentationOutput,
-        original_sizes: Tensor | Sequence[Sequence[int]],
-        reshaped_input_sizes: Tensor | Sequence[Sequence[int]],
-    ) -> list[Tensor]:
-        """See `post_process_semantic_segmentation`."""
-        return post_process_semantic_segmentation(outputs, original_sizes, reshaped_input_sizes)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Refuses, with the fix, mask decoder weights of another task (e.g. a multi-class adapter loaded onto a
-        binary model), which torch would report as a bare size mismatch or, for the class branch, skip silently.
-        The decoder may be wrapped (peft's `modules_to_save`), so its weights are found by their name's end."""
-        decoder_keys = [key for key in state_dict if key.startswith(prefix + "mask_decoder.")]
-        saved_tokens = next((state_dict[k] for k in decoder_keys if k.endswith(".mask_tokens.weight")), None)
-        if saved_tokens is not None:
-            saved_classifier = next(
-                (state_dict[k] for k in decoder_keys if k.endswith(".class_predictor.weight")), None
-            )
-            saved = (1 if saved_classifier is None else saved_classifier.shape[0] - 1, saved_tokens.shape[0])
-            if saved != (self.config.num_labels, self.config.num_mask_tokens):
-                task = f"num_labels={saved[0]}"
-                if saved[0] > 1 and saved[1] != DEFAULT_MULTICLASS_MASK_TOKENS:
-                    task += f", num_mask_tokens={saved[1]}"
-                raise ValueError(
-                    f"The mask decoder weights being loaded are for num_labels={saved[0]} with num_mask_tokens="
-                    f"{saved[1]}, but this model has num_labels={self.config.num_labels} and num_mask_tokens="
-                    f"{self.config.num_mask_tokens}. Build the base model for that task: "
-                    f"SamForSemanticSegmentation.from_pretrained(base, {task}) (with AutoPeftModel: "
-                    f"AutoPeftModel.from_pretrained(adapter, {task}, import_allowlist=['sam_peft'])), or load a "
-                    "training run with sam_peft.training.load_trained(run_folder)."
-                )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -571,14 +661,25 @@ def _resolve_num_mask_tokens(config: SamSemanticSegmentationConfig) -> int:
     return num_mask_tokens
 
 
-def sam_to_semantic_state_dict(state_dict: dict[str, Tensor], num_mask_tokens: int) -> dict[str, Tensor]:
-    """Maps a `SamModel` / `SamHQModel` state dict onto `SamForSemanticSegmentation`'s parameters.
+def check_task_config(config: SemanticSegmentationConfigMixin) -> int:
+    """Checks the task fields of a prompt-free config (a known `semantic_loss`, a `num_mask_tokens` that fits
+    `num_labels`) and returns `num_mask_tokens` resolved for the task (`_resolve_num_mask_tokens`)."""
+    if config.semantic_loss not in BINARY_LOSSES:
+        raise ValueError(f"Unknown semantic_loss {config.semantic_loss!r}; expected one of {sorted(BINARY_LOSSES)}.")
+    return _resolve_num_mask_tokens(config)
+
+
+def sam_to_semantic_state_dict(
+    state_dict: dict[str, Tensor], num_mask_tokens: int, kept_prefixes: tuple[str, ...] = _KEPT_SAM_PREFIXES
+) -> dict[str, Tensor]:
+    """Maps a `SamModel` / `SamHQModel` state dict onto `SamForSemanticSegmentation`'s parameters (another
+    generation's, with its `kept_prefixes`).
 
     Encoders, prompt encoder, IoU token, two-way transformer and upscaling are kept; `mask_tokens` becomes SAM's
     first token repeated `num_mask_tokens` times, `(num_mask_tokens, C)`; only the first hypernetwork MLP is
     kept; the IoU head and SAM-HQ's extra modules are dropped. The class head of a multi-class model is absent.
     """
-    converted = {key: value for key, value in state_dict.items() if key.startswith(_KEPT_SAM_PREFIXES)}
+    converted = {key: value for key, value in state_dict.items() if key.startswith(kept_prefixes)}
     first_token = state_dict["mask_decoder.mask_tokens.weight"][:1]  # (1, C)
     converted["mask_decoder.mask_tokens.weight"] = first_token.repeat(num_mask_tokens, 1)
     return converted

@@ -239,15 +239,31 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 _UNSET = object()
 
 
-def _read_config(path: Path, known: set[str]) -> dict:
-    """The values of a YAML config file whose keys are all `known`."""
+# A config's key naming another config (a path relative to the file) whose values it starts from and overrides.
+EXTENDS_KEY = "extends"
+
+
+def _read_config(path: Path, known: set[str], seen: tuple[Path, ...] = ()) -> dict:
+    """The values of a YAML config file whose keys are all `known`; a file with `extends: other.yaml` gets the
+    values of that file (itself read this way), overridden by its own."""
     if not path.is_file():
         raise FileNotFoundError(f"Config file {path} does not exist.")
     values = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(values) - known)
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
+    unknown = sorted(set(values) - known - {EXTENDS_KEY})
     if unknown:
         raise ValueError(f"Unknown config key(s) in {path}: {', '.join(unknown)}. Valid keys: {sorted(known)}.")
-    return values
+    if EXTENDS_KEY not in values:
+        return values
+    parent = (path.parent / str(values.pop(EXTENDS_KEY))).resolve()
+    chain = (*seen, path.resolve())
+    if parent in chain:
+        raise ValueError(
+            f"Config {path} extends {parent}, which is already on its chain of extends "
+            f"({' -> '.join(map(str, chain))}): remove the loop."
+        )
+    return {**_read_config(parent, known, chain), **values}
 
 
 def _null_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -21,7 +21,7 @@ from ..data import (
     verify_dataset,
 )
 from ..data.preprocessing import Augmentation
-from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, random_sam
+from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, input_image_size, random_sam
 from ..modeling.methods import get_method
 from .arguments import DataArguments, ModelArguments
 from .embedding_cache import EmbeddingCache, frozen_vision_encoder
@@ -35,18 +35,29 @@ def ensure_random_base(args: ModelArguments) -> None:
 
 
 def build_model(args: ModelArguments) -> torch.nn.Module:
-    """The prompt-free model of `args.base_model`'s generation (`SamForSemanticSegmentation`, or the binary
-    `Sam2ForSemanticSegmentation` / `Sam3TrackerForSemanticSegmentation`) with the method's trainable weights: a
-    PEFT model with the method's adapter (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or,
-    for decoder_only, the model with its encoders frozen."""
+    """The prompt-free model of `args.base_model`'s generation (`SamForSemanticSegmentation`,
+    `Sam2ForSemanticSegmentation` or `Sam3TrackerForSemanticSegmentation`, binary or multi-class after
+    `args.num_labels`) with the method's trainable weights: a PEFT model with the method's adapter
+    (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or, for decoder_only, the model with its
+    encoders frozen.
+
+    Raises:
+        ValueError: for `num_mask_tokens` (other than 1) on a binary task, whatever the generation.
+    """
     model_type = PretrainedConfig.get_config_dict(args.base_model)[0].get("model_type")
     # any other checkpoint is refused by SamForSemanticSegmentation, with the reason
     model_class = PROMPT_FREE_CLASSES.get(model_type, SamForSemanticSegmentation)
-    task = {"num_labels": args.num_labels, "semantic_loss": args.semantic_loss, "moe_loss_weight": args.moe_loss_weight}
-    if model_class is SamForSemanticSegmentation:
-        task["num_mask_tokens"] = args.num_mask_tokens
-    elif args.num_mask_tokens is not None:
-        raise ValueError(f"num_mask_tokens applies to multi-class SAM models; {model_class.__name__} is binary.")
+    if args.num_labels == 1 and args.num_mask_tokens not in (None, 1):
+        raise ValueError(
+            f"num_mask_tokens applies to multi-class SAM models (num_labels > 1); this {model_class.__name__} is "
+            f"binary (num_labels=1), with one mask. Got num_mask_tokens={args.num_mask_tokens}."
+        )
+    task = {
+        "num_labels": args.num_labels,
+        "num_mask_tokens": args.num_mask_tokens,
+        "semantic_loss": args.semantic_loss,
+        "moe_loss_weight": args.moe_loss_weight,
+    }
     model = model_class.from_pretrained(args.base_model, **task)
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -131,7 +142,7 @@ def check_embedding_cache(args: DataArguments, model: torch.nn.Module, image_siz
     if not args.cache_embeddings:
         return
     encoder, cad = frozen_vision_encoder(model)
-    model_size = encoder.config.image_size
+    model_size = getattr(encoder.config, "image_size", None) or input_image_size(model.config)
     if cad is None and image_size != model_size:
         raise ValueError(
             f"Decoder-only training from cached embeddings needs image_size equal to the model's ({model_size}); "

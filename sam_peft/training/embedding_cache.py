@@ -19,12 +19,18 @@ With CAD, `encoder_embeddings=` replaces the encoder run inside the model's forw
 (what DDP wraps); `cache.image_embeddings(pixel_values)` instead returns the encoder output plus CAD's adapter,
 ready for `model(image_embeddings=...)`, for either method.
 
+SAM 2's and SAM 3's encoders end in an FPN, and their mask decoder reads every level (the last as the image
+embedding, the two high-resolution ones through its own `conv_s0` / `conv_s1`, which train with the decoder): the
+cache stores the levels the encoder returns, all in one entry per image, and their prompt-free heads take them as
+`model(encoder_embeddings=levels)` (CAD: `model(pixel_values=..., encoder_embeddings=levels)`, as on SAM).
+
 Entries are keyed by the image (by default a hash of each image's `pixel_values`; or keys given by the caller,
 e.g. a hash of the image file), the augmentation id and the storage dtype, under a directory named by a
 fingerprint of the encoder's weights: a changed base model or image finds no entry and recomputes it. Entries are
-stored in float16 by default (2 MiB for a 256 x 64 x 64 embedding; float32 keeps them bit-identical to a fresh
-encoder pass). Each entry is one file written to a temporary name and renamed into place, with a header holding
-its key, dtype, shape, length and CRC-32: an entry cut short or damaged (a crash, a full disk, a copy gone wrong)
+stored in float16 by default (2 MiB for a 256 x 64 x 64 embedding, 42 MiB for SAM 2's three levels at 1024 px;
+float32 keeps them bit-identical to a fresh encoder pass). Each entry is one file written to a temporary name and
+renamed into place, each of its tensors with a header holding its key, dtype, shape, length, CRC-32 and the number
+of tensors in the entry: an entry cut short or damaged (a crash, a full disk, a copy gone wrong)
 fails the check on read, is deleted and recomputed, and is never used.
 """
 
@@ -56,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 _MAGIC = b"SAMPEMB1"
-# magic, key digest (sha256), dtype code, ndim, 2 pad bytes, shape (up to 4 dims), payload bytes, CRC-32 of payload
-_HEADER = struct.Struct("<8s32sBB2x4IQI")
+# One record per tensor of an entry: magic, key digest (sha256), dtype code, ndim, number of records in the entry
+# (0 in files of one tensor written before entries could hold several), shape (up to 4 dims), payload bytes, CRC-32 of
+# the payload; the payload follows its header.
+_HEADER = struct.Struct("<8s32sBBH4IQI")
 _DTYPE_CODES = {torch.float16: 1, torch.float32: 2, torch.bfloat16: 3}
 _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 _TEMPORARY_SUFFIX = ".tmp"
@@ -126,10 +134,11 @@ class WeightWatch:
 
 
 class EntryStore:
-    """A directory of checksummed tensor files, each written atomically (temporary file, then rename).
+    """A directory of checksummed entries, each one or several tensors in one file written atomically (temporary
+    file, then rename).
 
-    `read` returns `None` for a missing entry and raises `CorruptEntryError` for one that fails its header,
-    length or CRC-32 check; `write` never leaves a partial file under an entry's name.
+    `read` returns `None` for a missing entry and raises `CorruptEntryError` for one that fails a header, length or
+    CRC-32 check (of any of its tensors); `write` never leaves a partial file under an entry's name.
     """
 
     def __init__(self, root: str | os.PathLike, fsync: bool = False) -> None:
@@ -140,8 +149,9 @@ class EntryStore:
         """File of entry `key` (64 hex digits), in a subdirectory named by its first two."""
         return self.root / key[:2] / f"{key}{_ENTRY_SUFFIX}"
 
-    def read(self, key: str) -> torch.Tensor | None:
-        """The stored tensor of `key` (CPU, its stored dtype), or `None` when there is no entry."""
+    def read(self, key: str) -> tuple[torch.Tensor, ...] | None:
+        """The stored tensors of `key` (CPU, their stored dtypes, in the order written), or `None` when there is no
+        entry."""
         path = self.path(key)
         try:
             with open(path, "rb") as file:
@@ -149,35 +159,67 @@ class EntryStore:
                 length = file.readinto(data)
         except FileNotFoundError:
             return None
-        if length != len(data) or length < _HEADER.size:
-            raise CorruptEntryError(f"{path} is shorter than its header ({length} bytes).")
-        magic, key_digest, code, ndim, *rest = _HEADER.unpack_from(data)
-        shape, nbytes, crc = rest[:4][:ndim], rest[4], rest[5]
-        if magic != _MAGIC or key_digest != bytes.fromhex(key) or code not in _CODE_DTYPES or not 0 < ndim <= 4:
-            raise CorruptEntryError(f"{path} has an invalid header.")
-        dtype = _CODE_DTYPES[code]
-        payload = memoryview(data)[_HEADER.size :]
-        if len(payload) != nbytes or nbytes != math.prod(shape) * dtype.itemsize:
-            raise CorruptEntryError(f"{path} holds {len(payload)} payload bytes, its header says {nbytes}.")
-        if zlib.crc32(payload) != crc:
-            raise CorruptEntryError(f"{path} fails its checksum.")
-        return torch.frombuffer(payload, dtype=dtype).reshape(shape)
+        if length != len(data):
+            raise CorruptEntryError(f"{path} changed while it was read.")
+        tensors: list[torch.Tensor] = []
+        offset, count = 0, 1
+        while len(tensors) < count:
+            if len(data) - offset < _HEADER.size:
+                raise CorruptEntryError(f"{path} is shorter than its headers ({len(data)} bytes).")
+            magic, key_digest, code, ndim, records, *rest = _HEADER.unpack_from(data, offset)
+            shape, nbytes, crc = rest[:4][:ndim], rest[4], rest[5]
+            count = max(records, 1) if not tensors else count
+            if (
+                magic != _MAGIC
+                or key_digest != bytes.fromhex(key)
+                or code not in _CODE_DTYPES
+                or not 0 < ndim <= 4
+                or max(records, 1) != count
+            ):
+                raise CorruptEntryError(f"{path} has an invalid header.")
+            dtype = _CODE_DTYPES[code]
+            offset += _HEADER.size
+            payload = memoryview(data)[offset : offset + nbytes]
+            if len(payload) != nbytes or nbytes != math.prod(shape) * dtype.itemsize:
+                raise CorruptEntryError(f"{path} holds {len(payload)} payload bytes, its header says {nbytes}.")
+            if zlib.crc32(payload) != crc:
+                raise CorruptEntryError(f"{path} fails its checksum.")
+            tensors.append(torch.frombuffer(payload, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape))
+            offset += nbytes
+        if offset != len(data):
+            raise CorruptEntryError(f"{path} holds {len(data) - offset} bytes after its {count} tensors.")
+        return tuple(tensors)
 
-    def write(self, key: str, tensor: torch.Tensor) -> None:
-        """Store `tensor` (float16, bfloat16 or float32, 1 to 4 dims) as entry `key`, atomically."""
-        if tensor.dtype not in _DTYPE_CODES or not 0 < tensor.ndim <= 4:
-            raise ValueError(f"Cannot store a {tensor.dtype} tensor of shape {tuple(tensor.shape)}.")
-        payload = _tensor_bytes(tensor)
-        shape = (*tensor.shape, *([0] * (4 - tensor.ndim)))
-        code = _DTYPE_CODES[tensor.dtype]
-        header = _HEADER.pack(_MAGIC, bytes.fromhex(key), code, tensor.ndim, *shape, len(payload), zlib.crc32(payload))
+    def write(self, key: str, tensors: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Store `tensors` (one, or several: float16, bfloat16 or float32, 1 to 4 dims each) as entry `key`,
+        atomically."""
+        tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        if not tensors or len(tensors) > 0xFFFF:
+            raise ValueError(f"An entry holds 1 to 65535 tensors, got {len(tensors)}.")
+        records = []
+        for tensor in tensors:
+            if tensor.dtype not in _DTYPE_CODES or not 0 < tensor.ndim <= 4:
+                raise ValueError(f"Cannot store a {tensor.dtype} tensor of shape {tuple(tensor.shape)}.")
+            payload = _tensor_bytes(tensor)
+            shape = (*tensor.shape, *([0] * (4 - tensor.ndim)))
+            header = _HEADER.pack(
+                _MAGIC,
+                bytes.fromhex(key),
+                _DTYPE_CODES[tensor.dtype],
+                tensor.ndim,
+                len(tensors),
+                *shape,
+                len(payload),
+                zlib.crc32(payload),
+            )
+            records += [header, payload]
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TEMPORARY_SUFFIX}")
         try:
             with open(temporary, "xb") as file:
-                file.write(header)
-                file.write(payload)
+                for record in records:
+                    file.write(record)
                 file.flush()
                 if self.fsync:
                     os.fsync(file.fileno())
@@ -218,12 +260,6 @@ def frozen_vision_encoder(model: nn.Module) -> tuple[nn.Module, CadVisionEncoder
         raise ValueError(f"{type(model).__name__} has no `vision_encoder`: the embedding cache serves SAM models.")
     cad = encoder if isinstance(encoder, CadVisionEncoder) else None
     base = cad.base_layer if cad is not None else encoder
-    if hasattr(base, "backbone"):  # SAM 2, SAM 3: the decoder reads several FPN levels
-        raise ValueError(
-            f"The embedding cache stores SAM's single image embedding, but this vision encoder "
-            f"({type(base).__name__}) ends in an FPN whose levels the mask decoder reads (SAM 2, SAM 3): caching "
-            "them is not implemented yet. Train without the cache."
-        )
     adapted = next((name for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)), None)
     if adapted is not None:
         raise ValueError(
@@ -316,7 +352,7 @@ class EmbeddingCache:
             for image_key, aug in zip(image_keys, augmentations, strict=True)
         ]
 
-    def _read(self, key: str) -> torch.Tensor | None:
+    def _read(self, key: str) -> tuple[torch.Tensor, ...] | None:
         try:
             return self.store.read(key)
         except CorruptEntryError as error:
@@ -325,12 +361,16 @@ class EmbeddingCache:
             self.stats.repaired += 1
             return None
 
-    def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The frozen encoder's output for `pixel_values` (B, 3, H, W): (B, C, h, w), without autograd."""
+    def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen encoder's output for `pixel_values` (B, 3, H, W), without autograd: its levels, each
+        (B, C, h, w) (one for SAM's encoder, the FPN levels for SAM 2's and SAM 3's)."""
         parameter = next(self.encoder.parameters())
         with torch.no_grad():
             outputs = self.encoder(pixel_values.to(parameter.device))
-        return outputs[0] if isinstance(outputs, tuple) else outputs.last_hidden_state
+        if isinstance(outputs, tuple):
+            return (outputs[0],)
+        levels = getattr(outputs, "fpn_hidden_states", None)
+        return tuple(levels) if levels is not None else (outputs.last_hidden_state,)
 
     def _to_storage(self, embedding: torch.Tensor) -> torch.Tensor:
         stored = embedding.to(self.dtype)
@@ -344,7 +384,7 @@ class EmbeddingCache:
         pixel_values: torch.Tensor,
         keys: Sequence[str] | None = None,
         augmentation: str | Sequence[str] = "none",
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The frozen encoder's output for each image, read from the cache or computed (and stored) when missing.
 
         Args:
@@ -355,39 +395,53 @@ class EmbeddingCache:
                 default keys the pixel values already tell augmentations apart.
 
         Returns:
-            `(B, C, h, w)` in the encoder's dtype on `pixel_values`' device, as stored (rounded to the storage
-            dtype also on the pass that computes them, so every epoch sees the same values). Images missing from
-            the cache are encoded together; with float32 storage the result equals a fresh encoder pass over the
-            same batch bit for bit.
+            SAM's image embedding `(B, C, h, w)`; for an encoder that ends in an FPN (SAM 2, SAM 3), its levels as
+            it returns them (`fpn_hidden_states`: high to low resolution, each `(B, C, h_i, w_i)`), the mask
+            decoder's high-resolution features included. In the encoder's dtype on `pixel_values`' device, as
+            stored (rounded to the storage dtype also on the pass that computes them, so every epoch sees the same
+            values). Images missing from the cache are encoded together; with float32 storage the result equals a
+            fresh encoder pass over the same batch bit for bit.
         """
         self._check_frozen()
         if self._watch.changed():
             self.refresh()
         entry_keys = self.entry_keys(pixel_values, keys, augmentation)
         stored = [self._read(key) for key in entry_keys]
-        missing = [index for index, tensor in enumerate(stored) if tensor is None]
+        missing = [index for index, levels in enumerate(stored) if levels is None]
         self.stats.hits += len(entry_keys) - len(missing)
         self.stats.misses += len(missing)
         if missing:
             computed = self._encode(pixel_values[missing])
-            for index, embedding in zip(missing, computed, strict=True):
-                stored[index] = self._to_storage(embedding)
+            for position, index in enumerate(missing):
+                stored[index] = tuple(self._to_storage(level[position]) for level in computed)
                 self.store.write(entry_keys[index], stored[index])
+        if len({len(levels) for levels in stored}) != 1:
+            raise CorruptEntryError(
+                f"Entries under {self.directory} hold different numbers of levels for one encoder; run "
+                "`EmbeddingCache.repair()` or delete the directory."
+            )
         output_dtype = next(self.encoder.parameters()).dtype
-        return torch.stack(stored).to(device=pixel_values.device, dtype=output_dtype)
+        levels = tuple(
+            torch.stack(level).to(device=pixel_values.device, dtype=output_dtype) for level in zip(*stored, strict=True)
+        )
+        return levels[0] if len(levels) == 1 else levels
 
     def image_embeddings(
         self,
         pixel_values: torch.Tensor,
         keys: Sequence[str] | None = None,
         augmentation: str | Sequence[str] = "none",
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """What the model's mask decoder reads: the cached encoder output, plus CAD's adapters when the model has
-        them (differentiable through the adapters). Pass it as `model(image_embeddings=...)`; (B, C, h, w).
+        them (differentiable through the adapters; on an FPN, added to its last level, the image embedding).
+        SAM: pass it as `model(image_embeddings=...)`, (B, C, h, w); SAM 2 / SAM 3: the levels, as
+        `get_or_compute` returns them, for `model(encoder_embeddings=...)` of their prompt-free heads.
         """
         embeddings = self.get_or_compute(pixel_values, keys, augmentation)
         if self.cad is None:
             return embeddings
+        if isinstance(embeddings, tuple):
+            return (*embeddings[:-1], self.cad.add_adapter_outputs(embeddings[-1], pixel_values))
         return self.cad.add_adapter_outputs(embeddings, pixel_values)
 
     def model_inputs(
@@ -395,16 +449,19 @@ class EmbeddingCache:
         pixel_values: torch.Tensor,
         keys: Sequence[str] | None = None,
         augmentation: str | Sequence[str] = "none",
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Keyword arguments that replace `pixel_values=` in the model's forward, with the encoder output cached.
 
-        Decoder-only: `{"image_embeddings"}`. CAD: `{"pixel_values", "encoder_embeddings"}`, so the adapter runs
-        inside the model's forward (under DDP, inside the wrapped module).
+        Decoder-only: `{"image_embeddings"}` on SAM, `{"encoder_embeddings"}` (the FPN levels) on the prompt-free
+        heads of SAM 2 / SAM 3. CAD: `{"pixel_values", "encoder_embeddings"}`, so the adapter runs inside the
+        model's forward (under DDP, inside the wrapped module).
         """
         embeddings = self.get_or_compute(pixel_values, keys, augmentation)
-        if self.cad is None:
-            return {"image_embeddings": embeddings}
-        return {"pixel_values": pixel_values, "encoder_embeddings": embeddings}
+        if self.cad is not None:
+            return {"pixel_values": pixel_values, "encoder_embeddings": embeddings}
+        if isinstance(embeddings, tuple):
+            return {"encoder_embeddings": embeddings}
+        return {"image_embeddings": embeddings}
 
     def fill(
         self,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionEncoderOutput
+from transformers.models.sam2.modeling_sam2 import Sam2VisionEncoderOutput
 
 from ..side_layers import BaseLayerAttributes, SideLayer
 from .adapter import ConvAdapter
@@ -90,21 +91,25 @@ class CadVisionEncoder(BaseLayerAttributes, CadLayer):
         self,
         pixel_values: torch.Tensor | None = None,
         *args: Any,
-        encoder_embeddings: torch.Tensor | None = None,
+        encoder_embeddings: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Encoder output with the active adapters' output added to `last_hidden_state` (B, C, h, w).
+        """Encoder output with the active adapters' output added to `last_hidden_state` (B, C, h, w), or on SAM 2 /
+        SAM 3 to the last FPN level (the image embedding the decoder attends to).
 
         Args:
             pixel_values: `(B, 3, H, W)` normalised images, read by the encoder and the adapters.
-            encoder_embeddings: `(B, C, h, w)` the frozen encoder's output for `pixel_values`, e.g. from
-                `sam_peft.training.embedding_cache.EmbeddingCache.get_or_compute`: the encoder is then not run. SAM
-                models pass unknown keyword arguments on to their vision encoder, so
-                `model(pixel_values=..., encoder_embeddings=...)` works from the top (and stays inside the
-                model's forward, as DDP wants).
+            encoder_embeddings: the frozen encoder's output for `pixel_values`, e.g. from
+                `sam_peft.training.embedding_cache.EmbeddingCache.get_or_compute`: the encoder is then not run. SAM:
+                `(B, C, h, w)`; SAM 2 / SAM 3: the FPN levels, high to low resolution (their position encodings
+                are recomputed: they depend on the shapes only). SAM models pass unknown keyword arguments on to
+                their vision encoder, so `model(pixel_values=..., encoder_embeddings=...)` works from the top (and
+                stays inside the model's forward, as DDP wants).
         """
         in_use = self._adapters_in_use(self.cad_adapter)
-        if encoder_embeddings is not None:
+        if isinstance(encoder_embeddings, (tuple, list)):
+            outputs = self._replayed_fpn_outputs(tuple(encoder_embeddings))
+        elif encoder_embeddings is not None:
             outputs = SamVisionEncoderOutput(last_hidden_state=encoder_embeddings)
         elif not in_use:
             return self.base_layer(pixel_values, *args, **kwargs)
@@ -122,6 +127,18 @@ class CadVisionEncoder(BaseLayerAttributes, CadLayer):
             return outputs
         outputs.last_hidden_state = self.add_adapter_outputs(outputs.last_hidden_state, pixel_values)
         return outputs
+
+    def _replayed_fpn_outputs(self, levels: tuple[torch.Tensor, ...]) -> Sam2VisionEncoderOutput:
+        """What the FPN encoder returns for its cached levels `(B, C, h_i, w_i)`: the levels and the position
+        encodings of their shapes (from the encoder's own neck)."""
+        neck = getattr(self.base_layer, "neck", None)
+        if not hasattr(neck, "position_encoding"):
+            raise ValueError(
+                f"encoder_embeddings holds {len(levels)} FPN levels, but the wrapped {type(self.base_layer).__name__} "
+                "has no FPN neck: pass SAM's single image embedding (B, C, h, w)."
+            )
+        encodings = tuple(neck.position_encoding(level.shape, level.device, level.dtype) for level in levels)
+        return Sam2VisionEncoderOutput(fpn_hidden_states=levels, fpn_position_encoding=encodings)
 
     def __repr__(self) -> str:
         return "cad." + super().__repr__()

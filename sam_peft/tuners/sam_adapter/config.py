@@ -12,6 +12,8 @@ SAM_ADAPTER = "SAM_ADAPTER"
 
 # Every vision block of transformers' SamModel / SamHQModel (full match: not the blocks' submodules).
 SAM_BLOCK_TARGET = r"vision_encoder\.layers\.\d+"
+# Every ViT block of SAM 3's tracker (`Sam3TrackerModel`); anchored at the backbone (the mask decoder has `layers` too).
+SAM3_BLOCK_TARGET = r"vision_encoder\.backbone\.layers\.\d+"
 
 # How the embedding feature reads the patch embeddings; see `SamAdapterConfig.embedding_feature`.
 EMBEDDING_FEATURES = ("paper", "official")
@@ -22,22 +24,32 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
     """Configuration for SAM-Adapter: per-block prompts from patch-embedding tuning and high-frequency features.
 
     This is the variant of the paper's official code (the explicit-visual-prompting design, `prompt_type
-    "highpass"`, `input_type "fft"`, both the embedding and the hand-crafted tuning on, every block tuned). With
-    `d = C / scale_factor` (24 for ViT-B):
+    "highpass"`, `input_type "fft"`, both the embedding and the hand-crafted tuning on, every block tuned). It
+    adapts the plain ViT encoders, whose blocks all share one width C and one token grid (h, w): SAM and SAM-HQ
+    (`SamModel`, `SamHQModel`; patch p = 16, 64 x 64 tokens at 1024 px) and SAM 3's tracker (`Sam3TrackerModel`;
+    p = 14, 72 x 72 tokens at 1008 px). With `d = C / scale_factor` (24 for ViT-B):
 
     - hand-crafted feature: the FFT high-pass magnitude of the encoder's input `pixel_values` (the same high-pass
       as CAD's), patch-embedded by `Conv2d(3, d, patch, stride=patch)` -> (B, h, w, d);
-    - embedding feature: `Linear(C, d)` on the patch embeddings (before the position embedding) -> (B, h, w, d),
-      each token's C channels as the paper describes (`embedding_feature="paper"`, the default), or the official
-      code's reading of the same tensor (`"official"`, see Args); the rest is the same for both;
+    - embedding feature: `Linear(C, d)` on the patch embeddings -> (B, h, w, d), each token's C channels as the
+      paper describes (`embedding_feature="paper"`, the default), or the official code's reading of the same
+      tensor (`"official"`, see Args); the rest is the same for both. The patch embeddings are the output of the
+      patch convolution, before anything else touches the tokens: on SAM before the position embedding, on SAM 3
+      before the (tiled) position embedding and the LayerNorm that precede its first block (its
+      `Sam3ViTPatchEmbeddings` gives them as (B, h * w, C) in row-major order, read as the (B, h, w, C) grid);
     - before block i: `x = x + shared(GELU(mlp_i(handcrafted + embedding)))`, `mlp_i = Linear(d, d)` per block and
       `shared = Linear(d, C)` common to all blocks.
 
     Linear weights start as truncated normals (std 0.02) and the convolution as `N(0, 2 / (k * k * d))`, biases at
     zero (the official initialisation; the adapter is not the identity at start). Parameters:
-    `(d C + C) + (C d + d) + (3 p^2 d + d) + L (d^2 + d)`: 63,312 on ViT-B (C 768, p 16, L 12), 186,960 on ViT-H.
+    `(d C + C) + (C d + d) + (3 p^2 d + d) + L (d^2 + d)`: 63,312 on ViT-B (C 768, p 16, L 12), 186,960 on ViT-H,
+    119,232 on SAM 3 (C 1024, p 14, L 32).
     The paper also trains the mask decoder: pass `modules_to_save=["mask_decoder"]` on a `SamModel` (on a
     `SamForSemanticSegmentation` it is trained by default).
+
+    SAM 2's Hiera encoder is refused: its stages differ in width and token grid, which one prompt generator of one
+    width cannot feed; its authors' adaptation of Hiera, SAM2-Adapter, is a separate method (see
+    `SamAdapterModel.unsupported_architectures`).
 
     Args:
         scale_factor: `d = hidden_size // scale_factor` (the official code: 32).
@@ -48,9 +60,12 @@ class SamAdapterConfig(SamPeftConfigMixin, PeftConfig):
             transposes it to (B, h * w, C); row j of an image then holds the entries j, j + h w, j + 2 h w, ... of
             its (h, w, C)-ordered flattening, channels and positions mixed. Its output rows are read as the tokens
             in row-major order. The official checkpoints were trained this way: choose it to reproduce the official
-            code or to run weights trained with it.
+            code or to run weights trained with it (they exist for SAM only; on SAM 3 it reads its (B, h, w, C)
+            grid of patch embeddings the same way).
         target_modules: Vision blocks that get a prompt (one regex, full match, or a list of names). Defaults to
-            every block of SAM's vision encoder. The patch embedding of their encoder is adapted with them.
+            every block of the vision encoder: `vision_encoder.layers.<i>` on SAM and SAM-HQ,
+            `vision_encoder.backbone.layers.<i>` on SAM 3's tracker. The patch embedding of their encoder is adapted
+            with them.
         exclude_modules: Module names or regex to leave out.
         layers_to_transform: Only prompt the blocks with these indices (also with a regex `target_modules`).
         layers_pattern: Name of the module list holding the blocks, used with `layers_to_transform`.

@@ -1,7 +1,7 @@
 """SAM-Adapter layers: the prompt generator on the patch embedding and the per-block prompt.
 
-Shapes: B images, (h, w) the token grid (64 x 64 at 1024 px), C the encoder width, d = C / scale_factor the
-prompt width, p the patch size.
+Shapes: B images, (h, w) the token grid (64 x 64 at 1024 px on SAM, 72 x 72 at 1008 px on SAM 3), C the encoder
+width, d = C / scale_factor the prompt width, p the patch size (16 on SAM, 14 on SAM 3).
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ class SamAdapterLayer(SideLayer):
 
 
 class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
-    """SAM's patch embedding, publishing each active adapter's prompt features for the blocks.
+    """A ViT's patch embedding, publishing each active adapter's prompt features for the blocks.
 
     `features = Linear(C, d)(patches) + Conv2d(3, d, p, stride=p)(high_pass(pixel_values))`, (B, h, w, d), where
-    `patches` (B, h, w, C) is the patch embedding's output, returned unchanged. With the adapter's
+    `patches` (B, h, w, C) is the patch embedding's output, which is returned unchanged: SAM's `SamPatchEmbeddings`
+    gives (B, h, w, C), SAM 3's `Sam3ViTPatchEmbeddings` (B, h * w, C) in row-major order, read as its grid (the
+    hand-crafted convolution's, p x p patches with stride p as the projection's). With the adapter's
     `embedding_feature="official"`, `Linear(C, d)` reads `patches` reshaped to (B, C, h * w) and transposed, as the
     official code does (see `embedding_feature`). Owns, per adapter, the embedding tuning, the hand-crafted tuning
     and the `Linear(d, C)` shared by all blocks.
@@ -112,16 +114,30 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
         self.set_adapter(self.active_adapters)
 
     def forward(self, pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        patches = self.base_layer(pixel_values, *args, **kwargs)  # (B, h, w, C)
+        output = self.base_layer(pixel_values, *args, **kwargs)  # (B, h, w, C), or (B, h * w, C) on SAM 3
         self.prompt_features.entries = {}
         for name in self._adapters_in_use(self.sam_adapter_embedding):
             embedding = self.sam_adapter_embedding[name]
             images = pixel_values.to(embedding.weight.dtype)
             high = high_pass_magnitude(images, self.sam_adapter_ratio[name])
             handcrafted = self.sam_adapter_handcrafted[name](high).permute(0, 2, 3, 1)  # (B, h, w, d)
+            patches = self.token_grid(output, handcrafted.shape[1], handcrafted.shape[2])
             features = self.embedding_feature(name, patches.to(embedding.weight.dtype)) + handcrafted
             self.prompt_features.entries[name] = (features, self.sam_adapter_shared[name])
-        return patches
+        return output
+
+    @staticmethod
+    def token_grid(patches: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The patch embeddings as a channels-last grid (B, h, w, C): SAM's as they are, SAM 3's token sequence
+        (B, h * w, C), in row-major order, unflattened to the (h, w) grid."""
+        if patches.dim() == 4:
+            return patches
+        if patches.dim() != 3 or patches.shape[1] != height * width:
+            raise ValueError(
+                f"SAM-Adapter expects the patch embeddings as (B, h, w, C) or (B, h * w, C) with (h, w) = "
+                f"({height}, {width}), the grid of its hand-crafted patch convolution; got {tuple(patches.shape)}."
+            )
+        return patches.unflatten(1, (height, width))
 
     def embedding_feature(self, adapter_name: str, patches: torch.Tensor) -> torch.Tensor:
         """Adapter `adapter_name`'s embedding feature of patches (B, h, w, C) -> (B, h, w, d).
@@ -146,7 +162,8 @@ class PromptGenerator(BaseLayerAttributes, SamAdapterLayer):
 class PromptedBlock(BaseLayerAttributes, SamAdapterLayer):
     """A vision block whose input gets each active adapter's prompt: `block(x + shared(GELU(mlp(features))))`.
 
-    x is channels-last (B, h, w, C); the features (B, h, w, d) and `shared` come from the encoder's
+    The block is SAM's `SamVisionLayer` or SAM 3's `Sam3ViTLayer` (windowed or global attention inside, as the block
+    has it). x is channels-last (B, h, w, C); the features (B, h, w, d) and `shared` come from the encoder's
     `PromptGenerator` in the same forward pass. Owns, per adapter, the block's `Linear(d, d)`.
     """
 

@@ -8,17 +8,36 @@ from torch import nn
 
 from ..base import SamPeftTuner
 from ..targets import CONVOLUTIONAL_ENCODER
-from .config import SAM_BLOCK_TARGET, SamAdapterConfig
+from .config import SAM3_BLOCK_TARGET, SAM_BLOCK_TARGET, SamAdapterConfig
 from .layer import PromptedBlock, PromptGenerator, SamAdapterLayer
+
+# Where a ViT encoder keeps its patch embedding (a module with a `projection` convolution), relative to the module
+# that holds its blocks in `layers`: SAM's and SAM-HQ's `SamVisionEncoder.patch_embed`, SAM 3's
+# `Sam3ViTModel.embeddings.patch_embeddings` (the convolution alone, before the position embedding and LayerNorm).
+PATCH_EMBEDDINGS = ("patch_embed", "embeddings.patch_embeddings")
+
+# Why SAM-Adapter does not apply to SAM 2's Hiera encoder (the error reads "SAM-Adapter cannot adapt SAM 2 (Hiera
+# encoder): <this>.").
+HIERA_REFUSAL = (
+    "its blocks read four widths (C to 8 C) on four token grids (strides 4 to 32; the first block of stages 2-4 "
+    "still reads the previous stage's and pools its queries), while SAM-Adapter feeds every block a prompt of one "
+    "width on one grid from one prompt generator on the patch embedding. Its authors adapt Hiera with a separate "
+    "method, SAM2-Adapter (Chen et al. 2024, 'SAM2-Adapter: Evaluating & Adapting Segment Anything 2 in Downstream "
+    "Tasks'): per stage, a hand-crafted feature from a pyramid of strided convolutions, an embedding feature of the "
+    "stage's input tokens and a shared projection to the stage's width; sam-peft does not implement it"
+)
 
 
 class SamAdapterModel(SamPeftTuner):
-    """Creates a SAM-Adapter model from a transformers `SamModel`, `SamHQModel` or `SamForSemanticSegmentation`.
+    """Creates a SAM-Adapter model from a transformers `SamModel`, `SamHQModel`, `Sam3TrackerModel` or one of their
+    semantic-segmentation heads (`SamForSemanticSegmentation`, ...).
 
-    The targets are vision blocks (`vision_encoder.layers.<i>`), each wrapped as a `PromptedBlock`; the patch
-    embedding of their encoder is wrapped once as the `PromptGenerator` that computes the prompt features they
-    read. Both are peft tuner layers: saving, loading, several adapters, disabling, deleting and unloading work as
-    for any PEFT method. There is nothing to merge.
+    The targets are vision blocks (`vision_encoder.layers.<i>` on SAM and SAM-HQ, `vision_encoder.backbone.layers.<i>`
+    on SAM 3's tracker), each wrapped as a `PromptedBlock`; the patch embedding of their encoder
+    (`vision_encoder.patch_embed`, SAM 3's `vision_encoder.backbone.embeddings.patch_embeddings`) is wrapped once as
+    the `PromptGenerator` that computes the prompt features they read. Both are peft tuner layers: saving, loading,
+    several adapters, disabling, deleting and unloading work as for any PEFT method. There is nothing to merge.
+    SAM 2 (Hiera) and EdgeTAM (convolutional) are refused, saying why (`unsupported_architectures`).
 
     Example:
         >>> import sam_peft
@@ -30,13 +49,13 @@ class SamAdapterModel(SamPeftTuner):
 
     prefix: str = "sam_adapter_"
     tuner_layer_cls = SamAdapterLayer
-    target_module_mapping: ClassVar[dict[str, str]] = {"sam": SAM_BLOCK_TARGET, "sam_hq": SAM_BLOCK_TARGET}
+    target_module_mapping: ClassVar[dict[str, str]] = {
+        "sam": SAM_BLOCK_TARGET,
+        "sam_hq": SAM_BLOCK_TARGET,
+        "sam3_tracker": SAM3_BLOCK_TARGET,
+    }
     unsupported_architectures: ClassVar[dict[str, str]] = {
-        "sam2": (
-            "its prompts come from one patch embedding of one width for every block, while Hiera's stages differ in "
-            "width and resolution; not implemented yet"
-        ),
-        "sam3_tracker": "not implemented yet (the prompts are built for SAM's ViT blocks and patch embedding)",
+        "sam2": HIERA_REFUSAL,
         "edgetam": CONVOLUTIONAL_ENCODER,
     }
 
@@ -54,7 +73,7 @@ class SamAdapterModel(SamPeftTuner):
         if isinstance(target, PromptedBlock):
             target.update_layer(adapter_name, peft_config, generator)
             return
-        if isinstance(target, SamAdapterLayer) or not hasattr(target, "attn"):
+        if isinstance(target, SamAdapterLayer) or not (hasattr(target, "attn") or hasattr(target, "attention")):
             raise ValueError(
                 f"SAM-Adapter target {current_key!r} is a {type(target).__name__}; only vision blocks (e.g. "
                 "`vision_encoder.layers.0`) take prompts. Check `target_modules`."
@@ -66,16 +85,21 @@ class SamAdapterModel(SamPeftTuner):
     def _prompt_generator(self, peft_config: SamAdapterConfig, adapter_name: str, block_key: str) -> PromptGenerator:
         """The `PromptGenerator` on the patch embedding of the encoder holding block `block_key`, with the adapter.
 
-        Wraps the patch embedding on the first block of an encoder and adds the adapter to it on later ones.
+        The encoder is the module whose `layers` hold the block; its patch embedding is the first of
+        `PATCH_EMBEDDINGS` it has. Wraps the patch embedding on the first block of an encoder and adds the adapter
+        to it on later ones.
         """
         encoder_key, separator, _ = block_key.rpartition(".layers.")
         encoder = self.model.get_submodule(encoder_key) if separator else None
-        patch_embed = getattr(encoder, "patch_embed", None)
-        if patch_embed is None or not hasattr(patch_embed, "projection"):
+        found = [(path, _submodule(encoder, path)) for path in PATCH_EMBEDDINGS]
+        found = [(path, module) for path, module in found if hasattr(module, "projection")]
+        if not found:
             raise ValueError(
-                f"SAM-Adapter target {block_key!r} is not a block of a SAM vision encoder (`<encoder>.layers.<i>` "
-                "beside a `patch_embed` with a `projection` convolution). Check `target_modules`."
+                f"SAM-Adapter target {block_key!r} is not a block of a ViT vision encoder (`<encoder>.layers.<i>` "
+                "beside a patch embedding with a `projection` convolution: `<encoder>.patch_embed` on SAM, "
+                "`<encoder>.embeddings.patch_embeddings` on SAM 3). Check `target_modules`."
             )
+        path, patch_embed = found[0]
         if isinstance(patch_embed, PromptGenerator):
             if adapter_name not in patch_embed.sam_adapter_embedding:
                 patch_embed.update_layer(adapter_name, peft_config)
@@ -83,5 +107,16 @@ class SamAdapterModel(SamPeftTuner):
         generator = PromptGenerator(patch_embed, adapter_name, peft_config)
         if adapter_name not in self.active_adapters:
             generator.requires_grad_(False)
-        self._replace_module(encoder, "patch_embed", generator, patch_embed)
+        parent_path, _, child_name = path.rpartition(".")
+        self._replace_module(_submodule(encoder, parent_path), child_name, generator, patch_embed)
         return generator
+
+
+def _submodule(module: nn.Module | None, path: str) -> nn.Module | None:
+    """`module.get_submodule(path)` (`module` itself for ""), or None when `module` is None or lacks it."""
+    if module is None:
+        return None
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None

@@ -1,6 +1,16 @@
 """SLoRA: SAMCL's AugModule, LoRA with a shared down-projection and point-prompt features (Wang et al. 2024)."""
 
-from .config import DEFAULT_NUM_ADAPTED_BLOCKS, PROMPT_LAYOUTS, SAM_ATTENTION_TARGET, SLORA, SloraConfig
+from .config import (
+    ATTENTION_TARGETS,
+    DEFAULT_NUM_ADAPTED_BLOCKS,
+    PROMPT_LAYOUTS,
+    SAM2_ATTENTION_TARGET,
+    SAM3_ATTENTION_TARGET,
+    SAM_ATTENTION_TARGET,
+    SLORA,
+    SloraConfig,
+)
+from .encoders import Sam2EncoderLayout, Sam3EncoderLayout, SamEncoderLayout, encoder_layout
 from .heat_map import (
     OFFICIAL_HEAT_MAP_SCALE,
     OPENCV_GAUSSIAN_KERNEL_9,
@@ -8,22 +18,40 @@ from .heat_map import (
     gaussian_kernel_1d,
     points_to_heat_map,
 )
-from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState
+from .layer import (
+    SloraAttention,
+    SloraFpnNeck,
+    SloraLayer,
+    SloraNeck,
+    SloraSam2Neck,
+    SloraSam3Neck,
+    SloraSharedState,
+)
 from .model import SloraModel
 
 __all__ = [
+    "ATTENTION_TARGETS",
     "DEFAULT_NUM_ADAPTED_BLOCKS",
     "OFFICIAL_HEAT_MAP_SCALE",
     "OPENCV_GAUSSIAN_KERNEL_9",
     "PROMPT_LAYOUTS",
+    "SAM2_ATTENTION_TARGET",
+    "SAM3_ATTENTION_TARGET",
     "SAM_ATTENTION_TARGET",
     "SLORA",
+    "Sam2EncoderLayout",
+    "Sam3EncoderLayout",
+    "SamEncoderLayout",
     "SloraAttention",
     "SloraConfig",
+    "SloraFpnNeck",
     "SloraLayer",
     "SloraModel",
     "SloraNeck",
+    "SloraSam2Neck",
+    "SloraSam3Neck",
     "SloraSharedState",
+    "encoder_layout",
     "gaussian_blur",
     "gaussian_kernel_1d",
     "points_to_heat_map",

@@ -13,9 +13,20 @@ SLORA = "SLORA"
 # The attention module of every vision block of transformers' SamModel / SamHQModel / SamForSemanticSegmentation
 # (full match: not its qkv or proj).
 SAM_ATTENTION_TARGET = r"vision_encoder\.layers\.\d+\.attn"
+# The same in SAM 2's Hiera blocks (`Sam2MultiScaleAttention`) and SAM 3's rotary ViT blocks (`Sam3ViTRoPEAttention`;
+# anchored at the vision backbone, the mask decoder has attention modules too).
+SAM2_ATTENTION_TARGET = r"vision_encoder\.backbone\.blocks\.\d+\.attn"
+SAM3_ATTENTION_TARGET = r"vision_encoder\.backbone\.layers\.\d+\.attention"
+# SLoRA's default targets by `model_type` (SAM 2 / 2.1: "sam2", SAM 3's tracker: "sam3_tracker").
+ATTENTION_TARGETS = {
+    "sam": SAM_ATTENTION_TARGET,
+    "sam_hq": SAM_ATTENTION_TARGET,
+    "sam2": SAM2_ATTENTION_TARGET,
+    "sam3_tracker": SAM3_ATTENTION_TARGET,
+}
 
 # Blocks adapted when `layers_to_transform` is unset: the last five of the encoder, which is the paper's 7..11 on
-# ViT-B (12 blocks), 19..23 on ViT-L and 27..31 on ViT-H.
+# ViT-B (12 blocks), 19..23 on ViT-L and 27..31 on ViT-H (and SAM 3); on SAM 2, of the stage on the embedding grid.
 DEFAULT_NUM_ADAPTED_BLOCKS = 5
 
 # Where the prompt features H meet the tokens (`SloraConfig.prompt_layout`).
@@ -44,6 +55,13 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
     `neck(x + Linear(r, C)(H)) + Linear(r, 256)(H)`. `prompt_layout` says where H meets the tokens. Without points
     the heat map is zeros.
 
+    On SAM 2 / 2.1 (Hiera) and SAM 3's tracker (rotary ViT) the same module sits around the attention of their
+    vision blocks (`SloraModel` and `sam_peft.tuners.slora.encoders` say where): the heat map is on the token grid of
+    the adapted blocks (the image embedding's by default: 64 x 64 for SAM 2 at 1024 px, 72 x 72 for SAM 3 at
+    1008 px), In(H) joins the neck's input there and Out(H) (width `fpn_hidden_size`) the FPN level on that grid, the
+    image embedding the mask decoder attends to. A has one width, so on SAM 2 the adapted blocks are blocks of one
+    Hiera stage (never its first, widening block).
+
     Initialisation: A Kaiming-uniform (a = sqrt(5)) with zero bias, B and both neck projections zero (a fresh adapter
     leaves the model unchanged), the heat-map projection PyTorch's default, LayerNorms ones and zeros. On ViT-B with
     the defaults an adapter has 61,304 parameters without its LayerNorms (A 7,690 + 5 x B 8,448 + prompt path
@@ -61,11 +79,13 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
             blocks use H as it is; at the neck H is transposed (the token at row i, column j gets H[j, i]). The
             official code hard-codes SAM's window (14); here it is each block's own window size.
         target_modules: Attention modules to adapt (one regex, full match, or a list of names). Defaults to the
-            attention of SAM's vision blocks.
+            attention of the vision blocks of the model's generation (`ATTENTION_TARGETS`).
         exclude_modules: Module names or regex to leave out.
         layers_to_transform: Indices of the blocks to adapt. Unset, the last `DEFAULT_NUM_ADAPTED_BLOCKS` (5) blocks
-            of the encoder: 7..11 on ViT-B, as the paper. Set when the adapter is created, so the saved config holds
-            the indices.
+            of the encoder: 7..11 on ViT-B, as the paper; 27..31 on SAM 3; on SAM 2 the last five of the stage whose
+            grid is the image embedding's, leaving out its first, widening block (stage 2: 5..9 on Hiera-T, 9..13 on
+            -S, 16..20 on -B+, 39..43 on -L). On SAM 2 the blocks must be of one stage, without its first block. Set
+            when the adapter is created, so the saved config holds the indices.
         layers_pattern: Name of the module list holding the blocks, used with `layers_to_transform`.
         modules_to_save: Modules besides the adapter that are trained and saved in full. SAMCL keeps the mask decoder
             frozen (the default on a `SamModel`); on a `SamForSemanticSegmentation` the decoder is the task head and
@@ -79,11 +99,15 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
         default=True, metadata={"help": "Add the point-prompt heat-map features in the blocks and at the neck."}
     )
     target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Attention modules to adapt; default: SAM's vision-block attention."}
+        default=None, metadata={"help": "Attention modules to adapt; default: the vision blocks' attention."}
     )
     exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules not to adapt."})
     layers_to_transform: list[int] | int | None = field(
-        default=None, metadata={"help": "Blocks to adapt; default: the last five of the encoder (7..11 on ViT-B)."}
+        default=None,
+        metadata={
+            "help": "Blocks to adapt; default: the last five of the encoder (7..11 on ViT-B), on SAM 2 of its stage "
+            "on the image-embedding grid."
+        },
     )
     layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the block list, used with layers_to_transform."}

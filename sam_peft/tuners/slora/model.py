@@ -12,26 +12,43 @@ from torch import nn
 
 from ..base import SamPeftTuner
 from ..targets import CONVOLUTIONAL_ENCODER
-from .config import SAM_ATTENTION_TARGET, SloraConfig, default_adapted_blocks
+from .config import ATTENTION_TARGETS, SloraConfig
+from .encoders import SamEncoderLayout, encoder_layout
 from .heat_map import points_to_heat_map
-from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState
+from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState, attention_widths
 
 
 class SloraModel(SamPeftTuner):
-    """Creates a SLoRA model (SAMCL's AugModule) from a transformers `SamModel`, `SamHQModel` or
-    `SamForSemanticSegmentation`.
+    """Creates a SLoRA model (SAMCL's AugModule) from a transformers `SamModel`, `SamHQModel`,
+    `SamForSemanticSegmentation`, `Sam2Model` (SAM 2 / 2.1) or `Sam3TrackerModel` (SAM 3), or their prompt-free heads.
 
-    The targets are the attention modules of the vision blocks (`vision_encoder.layers.<i>.attn`, by default the last
-    five blocks), each wrapped as a `SloraAttention`; with prompt augmentation the encoder's neck is wrapped once as a
-    `SloraNeck`. Per adapter, the shared down-projection A and the heat-map projection live on this tuner
-    (`slora_A`, `slora_prompt_linear`, `slora_prompt_norm`) and are saved once; saving, loading, several adapters
-    (each with its own A), switching, disabling, deleting and unloading work as for any PEFT method. Merging is
-    refused (see `SloraLayer.merge`).
+    The targets are the attention modules of the vision blocks, each wrapped as a `SloraAttention`; with prompt
+    augmentation the encoder's neck is wrapped once, as a `SloraNeck` (SAM), `SloraSam2Neck` or `SloraSam3Neck`. Per
+    adapter, the shared down-projection A and the heat-map projection live on this tuner (`slora_A`,
+    `slora_prompt_linear`, `slora_prompt_norm`) and are saved once; saving, loading, several adapters (each with its
+    own A), switching, disabling, deleting and unloading work as for any PEFT method. Merging is refused (see
+    `SloraLayer.merge`).
+
+    Each generation (its layout in `sam_peft.tuners.slora.encoders`):
+
+    - SAM, SAM-HQ: `vision_encoder.layers.<i>.attn`, by default the last five blocks (7..11 on ViT-B); the heat map
+      is on the 64 x 64 token grid (at 1024 px), which the neck turns into the image embedding.
+    - SAM 3's tracker: `vision_encoder.backbone.layers.<i>.attention` (rotary ViT, separate q, k, v projections), by
+      default the last five blocks (27..31); the grid is 72 x 72 at 1008 px. The neck is an FPN built from the last
+      block's output: In(H) joins that output, Out(H) the level of scale 1 (the decoder's image embedding).
+    - SAM 2 / 2.1: `vision_encoder.backbone.blocks.<i>.attn` (Hiera). The stages differ in width and A has one, so
+      SLoRA adapts blocks of one stage, never the first block of stages 1..3 (it pools its queries and widens the
+      tokens): by default the last five others of stage 2, whose 64 x 64 grid (at 1024 px) is the image
+      embedding's (blocks 5..9 on Hiera-T). The heat map is on the adapted stage's grid; In(H) joins that stage's
+      output in the neck's input, Out(H) the stage's FPN level. `layers_to_transform` naming such a first block,
+      or blocks of several stages, is refused with the blocks SLoRA can adapt; all adapters of a model adapt one
+      stage (they share the heat map).
 
     Prompts. A forward of the model with `input_points` (and `input_labels`) turns them into the heat map of that
-    forward (`points_to_heat_map`, points in the model's input frame): `model(pixel_values=..., input_points=...,
-    input_labels=...)` just works. Without points (e.g. `SamForSemanticSegmentation`, or `get_image_embeddings`), the
-    heat map is zeros. Code that runs the encoder in pieces sets it explicitly for the span of a `with`:
+    forward (`points_to_heat_map`, points in the prompt encoder's input frame, `input_image_size`): `model(
+    pixel_values=..., input_points=..., input_labels=...)` just works. Without points (e.g.
+    `SamForSemanticSegmentation`, or `get_image_embeddings`), the heat map is zeros. Code that runs the encoder in
+    pieces sets it explicitly for the span of a `with`:
 
         >>> tuner = peft_model.base_model
         >>> encoder = tuner.model.vision_encoder
@@ -56,36 +73,35 @@ class SloraModel(SamPeftTuner):
 
     prefix: str = "slora_"
     tuner_layer_cls = SloraLayer
-    target_module_mapping: ClassVar[dict[str, str]] = {
-        "sam": SAM_ATTENTION_TARGET,
-        "sam_hq": SAM_ATTENTION_TARGET,
-    }
-    unsupported_architectures: ClassVar[dict[str, str]] = {
-        "sam2": (
-            "its down-projection A is shared by every adapted block and so needs one width, while Hiera's stages "
-            "differ in width (96 to 768 channels on Hiera-T); one A per stage is not implemented yet"
-        ),
-        "sam3_tracker": (
-            "not implemented yet: its prompt features are added at SAM's single-level neck, and SAM 3's encoder "
-            "ends in a multi-level FPN"
-        ),
-        "edgetam": CONVOLUTIONAL_ENCODER,
-    }
+    target_module_mapping: ClassVar[dict[str, str]] = dict(ATTENTION_TARGETS)
+    unsupported_architectures: ClassVar[dict[str, str]] = {"edgetam": CONVOLUTIONAL_ENCODER}
     uses_shared_state: bool = True
 
     def _prepare_adapter_config(self, peft_config: SloraConfig, model_config: dict) -> SloraConfig:
         peft_config = super()._prepare_adapter_config(peft_config, model_config)
-        num_blocks = (model_config.get("vision_config") or {}).get("num_hidden_layers")
-        if num_blocks is None:
+        layout = encoder_layout(getattr(self.model, "vision_encoder", None))
+        if layout is None:
             return peft_config
         if peft_config.layers_to_transform is None:
-            peft_config.layers_to_transform = default_adapted_blocks(num_blocks)
+            peft_config.layers_to_transform = layout.default_blocks()
         layers = peft_config.layers_to_transform
-        outside = [i for i in ([layers] if isinstance(layers, int) else layers) if not 0 <= i < num_blocks]
-        if outside:
+        blocks = [layers] if isinstance(layers, int) else layers
+        layout.check_blocks(blocks)
+        state = self.__dict__.get("_slora_state")
+        stage = layout.stage(blocks[0])
+        grid = layout.grid_size(stage)
+        if peft_config.prompt_augmentation and grid <= 4:
             raise ValueError(
-                f"SloraConfig.layers_to_transform holds {outside} but the vision encoder has {num_blocks} blocks "
-                f"(0..{num_blocks - 1})."
+                f"SLoRA's prompt augmentation blurs the heat map with a 9 x 9 kernel, which needs a grid longer than "
+                f"4 cells per side; the adapted blocks' grid is {grid} x {grid}. Adapt blocks on a finer grid, or set "
+                "`prompt_augmentation=False`."
+            )
+        if state is not None and stage != state.stage:
+            raise ValueError(
+                f"SloraConfig.layers_to_transform {blocks} are blocks of {layout.describe_stage(stage)}, but this "
+                f"model's SLoRA blocks are in {layout.describe_stage(state.stage)}: all SLoRA adapters of a model "
+                "adapt blocks of one stage (they share its heat map and neck level). Choose blocks of stage "
+                f"{state.stage}, or adapt another copy of the base model."
             )
         return peft_config
 
@@ -99,46 +115,65 @@ class SloraModel(SamPeftTuner):
         current_key: str,
         **kwargs,
     ) -> None:
-        if not (hasattr(target, "qkv") and hasattr(target, "proj")):
+        widths = attention_widths(target)
+        if widths is None:
             raise ValueError(
                 f"SLoRA target {current_key!r} is a {type(target).__name__}; SLoRA wraps the attention module of a "
-                "vision block (`vision_encoder.layers.<i>.attn`, with `qkv` and `proj`). Check `target_modules`."
+                "vision block (`vision_encoder.layers.<i>.attn` with `qkv` and `proj` on SAM, "
+                "`vision_encoder.backbone.blocks.<i>.attn` on SAM 2, `vision_encoder.backbone.layers.<i>.attention` "
+                "with `q_proj` .. `o_proj` on SAM 3). Check `target_modules`."
             )
-        encoder = self._encoder_of(current_key)
-        state = self._shared_state(encoder)
-        self._add_shared_weights(peft_config, adapter_name, target.qkv.in_features, encoder)
+        encoder, layout, index = self._encoder_of(current_key)
+        state = self._shared_state(encoder, layout, layout.stage(index))
+        self._add_shared_weights(peft_config, adapter_name, widths[0], encoder)
         if peft_config.prompt_augmentation:
-            self._add_to_neck(peft_config, adapter_name, encoder, state)
+            self._add_to_neck(peft_config, adapter_name, encoder, layout, state)
         if isinstance(target, SloraAttention):
             target.update_layer(adapter_name, peft_config)
             return
         new_module = SloraAttention(target, adapter_name, peft_config, state, block=parent)
         self._insert(parent, target_name, new_module, target, adapter_name)
 
-    def _encoder_of(self, attention_key: str) -> nn.Module:
-        """The vision encoder holding the block of `attention_key` (`<encoder>.layers.<i>.attn`)."""
-        encoder_key, separator, _ = attention_key.rpartition(".layers.")
-        encoder = self.model.get_submodule(encoder_key) if separator else None
-        config = getattr(encoder, "config", None)
-        if not (hasattr(encoder, "neck") and hasattr(config, "image_size") and hasattr(config, "patch_size")):
-            raise ValueError(
-                f"SLoRA target {attention_key!r} is not in a block of a SAM vision encoder (`<encoder>.layers.<i>` "
-                "beside a `neck`, with `image_size` and `patch_size` in its config). Check `target_modules`."
-            )
-        return encoder
+    def _encoder_of(self, attention_key: str) -> tuple[nn.Module, SamEncoderLayout, int]:
+        """The vision encoder holding the attention module `attention_key`, its layout and the block's index.
 
-    def _shared_state(self, encoder: nn.Module) -> SloraSharedState:
-        """The state shared by this model's SLoRA layers; made (with the prompt hooks) on the first target."""
+        The encoder is the closest module above the key that `encoder_layout` recognises and whose block list holds
+        the key (`<encoder>.layers.<i>.attn`, `<encoder>.backbone.blocks.<i>.attn`, ...).
+        """
+        segments = attention_key.split(".")
+        for end in range(len(segments) - 1, -1, -1):
+            encoder = self.model.get_submodule(".".join(segments[:end]))
+            layout = encoder_layout(encoder)
+            index = None if layout is None else layout.block_index(".".join(segments[end:]))
+            if index is not None:
+                return encoder, layout, index
+        raise ValueError(
+            f"SLoRA target {attention_key!r} is not in a block of a SAM vision encoder (`<encoder>.layers.<i>` "
+            "beside a `neck`, with `image_size` and `patch_size` in its config, or SAM 2's and SAM 3's "
+            "`<encoder>.backbone.blocks.<i>` / `<encoder>.backbone.layers.<i>`). Check `target_modules`."
+        )
+
+    def _shared_state(self, encoder: nn.Module, layout: SamEncoderLayout, stage: int) -> SloraSharedState:
+        """The state shared by this model's SLoRA layers; made (with the prompt hooks) on the first target, on the
+        grid of its stage."""
         state = self.__dict__.get("_slora_state")
         if state is not None:
             return state
         self.slora_A = nn.ModuleDict({})
         self.slora_prompt_linear = nn.ModuleDict({})
         self.slora_prompt_norm = nn.ModuleDict({})
-        grid_size = encoder.config.image_size // encoder.config.patch_size
+        grid_size = layout.grid_size(stage)
         prompt_encoder = getattr(self.model, "prompt_encoder", None)
-        input_size = getattr(prompt_encoder, "input_image_size", encoder.config.image_size)
-        state = SloraSharedState(self.slora_A, self.slora_prompt_linear, self.slora_prompt_norm, grid_size, input_size)
+        input_size = getattr(prompt_encoder, "input_image_size", None) or layout.image_size
+        state = SloraSharedState(
+            self.slora_A,
+            self.slora_prompt_linear,
+            self.slora_prompt_norm,
+            grid_size,
+            input_size,
+            stage=stage,
+            grid_name=layout.grid_name(stage),
+        )
         self._slora_state = state
         self._prompt_hooks = [
             self.model.register_forward_pre_hook(state.capture_prompts, with_kwargs=True),
@@ -167,19 +202,28 @@ class SloraModel(SamPeftTuner):
         for container, module in modules:
             container[adapter_name] = module.requires_grad_(trainable)
 
-    def _add_to_neck(self, config: SloraConfig, adapter_name: str, encoder: nn.Module, state: SloraSharedState) -> None:
-        """Wrap the encoder's neck as a `SloraNeck` on its first adapter, and add later adapters to it."""
+    def _add_to_neck(
+        self,
+        config: SloraConfig,
+        adapter_name: str,
+        encoder: nn.Module,
+        layout: SamEncoderLayout,
+        state: SloraSharedState,
+    ) -> None:
+        """Wrap the encoder's neck (as the layout's `SloraNeck` class) on its first adapter, and add later adapters
+        to it."""
         neck = encoder.neck
         if isinstance(neck, SloraNeck):
             if adapter_name not in neck.slora_neck_input:
                 neck.update_layer(adapter_name, config)
             return
-        if not (hasattr(neck, "conv1") and hasattr(neck, "conv2")):
+        neck_class = layout.neck_class
+        if not neck_class.wraps(neck):
             raise ValueError(
-                f"SLoRA's prompt augmentation adapts SAM's vision neck (with `conv1` and `conv2`), but the encoder's "
-                f"`neck` is a {type(neck).__name__}. Set `prompt_augmentation=False` for this model."
+                f"SLoRA's prompt augmentation adapts {neck_class.description}, but the encoder's `neck` is a "
+                f"{type(neck).__name__}. Set `prompt_augmentation=False` for this model."
             )
-        self._insert(encoder, "neck", SloraNeck(neck, adapter_name, config, state), neck, adapter_name)
+        self._insert(encoder, "neck", neck_class(neck, adapter_name, config, state), neck, adapter_name)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
