@@ -129,7 +129,9 @@ def alternate(steps: dict, warmup: int, repeats: int, device: str) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant")
+    parser.add_argument(
+        "--variant", "--base", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant (any generation)"
+    )
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu")

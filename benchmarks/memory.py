@@ -173,7 +173,9 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant")
+    parser.add_argument(
+        "--variant", "--base", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant (any generation)"
+    )
     parser.add_argument(
         "--image-size", type=int, default=None, help="SAM's input size (default: the variant's; CAD's own is 512)"
     )

@@ -16,10 +16,12 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from PIL import Image
 from transformers import Sam2Config
 
 from sam_peft import (
@@ -331,6 +333,27 @@ def test_the_training_recipe_runs_on_sam_2_and_its_card_loads_the_adapter(tmp_pa
     images = pixels("sam2-tiny")
     with torch.no_grad():
         torch.testing.assert_close(from_card(pixel_values=images).logits, trained(pixel_values=images).logits)
+    # the other recipes take the SAM 2 run as they take SAM's: evaluate on its data, predict a folder of images
+    recipes = TRAIN.parent
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--adapter", str(run), "--output", str(tmp_path / "eval.json")])
+    runpy.run_path(str(recipes / "evaluate.py"), run_name="__main__")
+    assert 0 <= json.loads((tmp_path / "eval.json").read_text())["iou"] <= 1
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((50, 70, 3), 120, dtype=np.uint8)).save(tmp_path / "photos" / "a.png")
+    predict = [
+        "predict.py",
+        "--adapter",
+        str(run),
+        "--input",
+        str(tmp_path / "photos"),
+        "--output_dir",
+        str(tmp_path / "masks"),
+    ]
+    monkeypatch.setattr(sys, "argv", predict)
+    with pytest.raises(SystemExit) as exit_code:
+        runpy.run_path(str(recipes / "predict.py"), run_name="__main__")
+    assert exit_code.value.code in (0, None)
+    assert Image.open(tmp_path / "masks" / "a.png").size == (70, 50)
     # refused before the output folder (or the embedding cache's) is touched
     refusals = {
         "num_mask_tokens applies to multi-class SAM models": ["--num_mask_tokens", "3"],

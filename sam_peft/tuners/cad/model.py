@@ -34,7 +34,10 @@ class CadModel(SamPeftTuner):
         ("sam", "sam_hq", "sam2", "sam3_tracker"), SAM_VISION_ENCODER_TARGET
     )
     unsupported_architectures: ClassVar[dict[str, str]] = {
-        "edgetam": "not implemented yet (its convolutional encoder's FPN is untested with CAD's side network)"
+        "edgetam": (
+            "transformers builds its RepViT encoder through timm, which sam-peft does not depend on, so CAD's side "
+            "network on EdgeTAM's FPN is neither built nor tested"
+        )
     }
 
     def _create_and_replace(
