@@ -3,6 +3,7 @@ from a locally built Hub cache, in a working directory holding the data folders 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -48,7 +49,28 @@ def readme_world(tmp_path_factory):
     for index in range(2):  # test images, their masks in the same GT folder
         Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(camo / "Images/Test" / f"t{index}.jpg")
         Image.fromarray(np.eye(24, 32, dtype=np.uint8) * 255).save(camo / "GT" / f"t{index}.png")
+    _write_objects(work)
     return root
+
+
+def _write_objects(work: Path) -> None:
+    """The prompted section's data: instance label images (images/, labels/) and a COCO folder (val2017/)."""
+    (work / "images").mkdir()
+    (work / "labels").mkdir()
+    (work / "val2017").mkdir()
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}
+    for index in range(3):
+        Image.fromarray(np.full((24, 32, 3), 40 * index, np.uint8)).save(work / "images" / f"cell_{index}.png")
+        label = np.zeros((24, 32), np.uint16)
+        label[2:10, 3:12], label[12:20, 15:28] = 1, 2
+        Image.fromarray(label).save(work / "labels" / f"cell_{index}.png")
+        Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(work / "val2017" / f"{index:012d}.jpg")
+        coco["images"].append({"id": index, "file_name": f"{index:012d}.jpg", "width": 32, "height": 24})
+        square = [4.0, 4.0, 14.0, 4.0, 14.0, 14.0, 4.0, 14.0]
+        coco["annotations"].append(
+            {"id": index, "image_id": index, "category_id": 1, "segmentation": [square], "iscrowd": 0}
+        )
+    (work / "instances_val2017.json").write_text(json.dumps(coco))
 
 
 @pytest.fixture
@@ -61,7 +83,7 @@ def offline_readme(readme_world, monkeypatch):
 
 
 def test_readme_has_the_blocks_this_test_runs():
-    assert len(BLOCKS) == 6 and sum("facebook/sam-vit-base" in block for block in BLOCKS) == 3
+    assert len(BLOCKS) == 7 and sum("facebook/sam-vit-base" in block for block in BLOCKS) == 3
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[block.splitlines()[0][:40] for block in BLOCKS])

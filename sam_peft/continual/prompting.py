@@ -26,13 +26,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import IGNORE_INDEX, sam_collate_fn
+from ..data.prompts import PADDING_POINT_LABEL
 from ..metrics import SODMetrics
+from ..modeling.losses import sigmoid_focal_terms
 from ..training.arguments import MIXED_PRECISIONS, check_choice, check_field_types
 from ..training.evaluation import labels_at_original_size
 from ..training.loop import make_scheduler, optimizer_steps, steps_per_epoch
-
-# SamModel's label for "no point" (padding of the points tensor)
-PADDING_POINT_LABEL = -10
 
 # (pixel_values (B, 3, S, S), input_points (B, 1, N, 2), input_labels (B, 1, N)) -> mask logits (B, 1, h, w)
 MaskPredictor = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -126,10 +125,8 @@ def prompted_segmentation_loss(
     valid = (labels != IGNORE_INDEX).to(logits.dtype)
     target = (labels == 1).to(logits.dtype)
     prob = torch.sigmoid(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    alpha_t = args.focal_alpha * target + (1 - args.focal_alpha) * (1 - target)
-    focal = (alpha_t * (1 - p_t) ** args.focal_gamma * bce * valid).sum() / valid.sum().clamp_min(1)
+    focal_terms = sigmoid_focal_terms(logits, target, args.focal_alpha, args.focal_gamma)
+    focal = (focal_terms * valid).sum() / valid.sum().clamp_min(1)  # SAMCL: over the batch's valid pixels
     # (B,) per-image terms
     intersection = (prob * target * valid).sum(dim=(1, 2))
     dice = 1 - (2 * intersection + 1) / ((prob * valid).sum(dim=(1, 2)) + (target * valid).sum(dim=(1, 2)) + 1)

@@ -27,6 +27,7 @@ from .layouts import (
     SplitSource,
 )
 from .loaders import load_benchmark, load_folder, load_hub, load_layout, segmentation_features, verify_dataset
+from .objects import CocoStats, ObjectDecoder, load_coco, masks_to_objects, object_features
 from .preprocessing import (
     DEFAULT_AUGMENTATION,
     Augmentation,
@@ -35,6 +36,7 @@ from .preprocessing import (
     sam_collate_fn,
     sam_image_processor,
 )
+from .prompts import PADDING_POINT_LABEL, boxes_from_masks, next_click, sample_points
 from .synthetic import (
     SYNTHETIC_DOMAINS,
     Appearance,
@@ -49,28 +51,37 @@ __all__ = [
     "DEFAULT_AUGMENTATION",
     "DEFAULT_SPLIT_SEED",
     "IGNORE_INDEX",
+    "PADDING_POINT_LABEL",
     "SYNTHETIC_DOMAINS",
     "TRANS10K_V1_PALETTE",
     "Appearance",
     "Augmentation",
     "BenchmarkLayout",
+    "CocoStats",
     "DataFileError",
     "DataLayoutError",
+    "ObjectDecoder",
     "SamSegmentationTransform",
     "SegmentationDecoder",
     "SplitSource",
     "binary_dataset",
     "binary_samples",
+    "boxes_from_masks",
     "load_benchmark",
+    "load_coco",
     "load_folder",
     "load_hub",
     "load_layout",
+    "masks_to_objects",
     "multiclass_dataset",
     "multiclass_samples",
+    "next_click",
+    "object_features",
     "open_image",
     "prepare_for_sam",
     "sam_collate_fn",
     "sam_image_processor",
+    "sample_points",
     "segmentation_features",
     "thresholded_masks",
     "to_binary_mask",

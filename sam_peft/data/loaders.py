@@ -361,6 +361,8 @@ def load_folder(
     test_fraction: float = 0.0,
     seed: int = DEFAULT_SPLIT_SEED,
     verify: bool = False,
+    objects: str | None = None,
+    min_area: int = 0,
 ) -> DatasetDict:
     """Loads a custom folder of images and a folder of masks matched by file stem.
 
@@ -376,6 +378,13 @@ def load_folder(
         split: name of the split holding the images.
         validation_fraction, test_fraction: carved out of `split` with `seed` (test first).
         verify: check every file now (unreadable or truncated files, size mismatches: see `verify_dataset`).
+        objects: load objects for prompted training instead of semantic masks: `"image"` (a binary mask's
+            foreground is one object), `"components"` (one object per connected component of a binary mask) or
+            `"instance"` (label images, 0 = background, one id per object; 16-bit PNGs and TIFFs too). Every mask
+            is read once now: images without objects are skipped (warned, and counted in `info.description`).
+            Rows are decoded by an `ObjectDecoder` (`sam_peft.data.objects`): `image`, `masks` `(N, H, W)` bool,
+            `objects` (`id`, `category_id`, `category`, `bbox`, `area`, `iscrowd`), `id`.
+        min_area: with `objects`, objects of fewer pixels are dropped (specks).
 
     Returns:
         A `DatasetDict` with `split` (and `validation` / `test` when carved), columns `image`, `mask` or `label`, `id`.
@@ -392,10 +401,20 @@ def load_folder(
     pairs = find_pairs(image_folder, mask_folder, image_pattern, mask_pattern, mask_suffix)
     if verify:
         verify_pairs(pairs, desc=f"Checking {image_folder.name} files")
+    object_notes: list[str] = []
+    if objects is not None:
+        if num_labels != 1 or palette is not None:
+            raise ValueError("objects= reads binary masks or instance label images: leave num_labels and palette.")
+        from .objects import folder_objects  # here: sam_peft.data.objects imports this module
+
+        pairs, decoder, object_notes = folder_objects(
+            pairs, objects, min_area=min_area, threshold=threshold, desc=f"Counting objects in {mask_folder.name}"
+        )
     splits, notes = _folder_splits(pairs, split, validation_fraction, test_fraction, seed)
-    target = "mask" if num_labels == 1 else "label"
-    decoder = _decoder(target, threshold, palette, num_labels if target == "label" else None)
-    return _assemble(splits, decoder, f"Image folder {image_folder}", image_folder.name, notes)
+    if objects is None:
+        target = "mask" if num_labels == 1 else "label"
+        decoder = _decoder(target, threshold, palette, num_labels if target == "label" else None)
+    return _assemble(splits, decoder, f"Image folder {image_folder}", image_folder.name, object_notes + notes)
 
 
 def _stored_path(value: Any) -> str | None:

@@ -1,9 +1,10 @@
 """Segmentation metrics and their `evaluate` modules.
 
 Salient / camouflaged object detection and binary masks (`SODMetrics`, equal to PySODMetrics 1.6; numpy threads
-for CPU tensors, batched torch on a GPU) and semantic segmentation (`SemanticMetrics`: mIoU, pixel accuracy,
-Trans10K's MAE and mBER). Both stream: `update` keeps per-image statistics only. As `evaluate` modules, loadable
-offline:
+for CPU tensors, batched torch on a GPU), semantic segmentation (`SemanticMetrics`: mIoU, pixel accuracy,
+Trans10K's MAE and mBER) and interactive segmentation (`InteractiveMetrics`: mIoU / Dice from a box and after
+each click, NoC@85 / NoC@90, from every object's IoU after each click). All stream: `update` keeps per-image
+(per-object) statistics only. The first two as `evaluate` modules, loadable offline:
 
     import evaluate
     import sam_peft.metrics
@@ -19,6 +20,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .interactive import (
+    INTERACTIVE_THRESHOLDS,
+    InteractiveMetrics,
+    compute_interactive_metrics,
+    dice_from_iou,
+    mask_iou,
+    threshold_name,
+)
 from .semantic import SEMANTIC_METRIC_NAMES, SemanticMetrics, compute_semantic_metrics, joint_label_counts
 from .sod import (
     SOD_METRIC_NAMES,
@@ -54,23 +63,29 @@ def load(name: str, **kwargs: Any):
 
 
 __all__ = [
+    "INTERACTIVE_THRESHOLDS",
     "MODULES",
     "SEMANTIC_METRIC_NAMES",
     "SOD_METRIC_NAMES",
+    "InteractiveMetrics",
     "SODMetrics",
     "SemanticMetrics",
     "binarize_references",
     "binary_counts",
+    "compute_interactive_metrics",
     "compute_semantic_metrics",
     "compute_sod_metrics",
+    "dice_from_iou",
     "e_measure",
     "f_measure",
     "joint_label_counts",
     "load",
+    "mask_iou",
     "mean_absolute_error",
     "normalize_predictions",
     "path",
     "prepare_predictions",
     "s_measure",
+    "threshold_name",
     "weighted_f_measure",
 ]

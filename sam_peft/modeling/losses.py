@@ -7,6 +7,9 @@ Binary tasks (one logit map per image, labels 0 / 1 with an ignore index):
 - `bce_dice_loss`: plain BCE + soft dice;
 - `bce_iou_loss`: plain BCE + soft IoU, the loss of the CAD and SAM-Adapter code.
 
+Prompted (interactive) SAM: `prompted_mask_loss`, SAM's focal + dice mask loss with the IoU head's MSE, the
+lowest-loss candidate of a multimask output trained for each prompt.
+
 Multi-class tasks (N mask queries with class logits, Mask2Former style): `semantic_set_loss` builds one binary
 target mask per class present in each label map and reuses transformers' `Mask2FormerLoss` (Hungarian matching,
 point-sampled mask losses, no-object weight), extended so that pixels carrying the ignore index neither become a
@@ -486,3 +489,79 @@ def semantic_set_loss(
     criterion = MaskedMask2FormerLoss(config, weight_dict).to(masks_queries_logits.device)
     losses = criterion(masks_queries_logits, class_queries_logits, mask_labels, class_labels, valid_masks)
     return sum(weight_dict[name] * loss for name, loss in losses.items())
+
+
+def sigmoid_focal_terms(logits: Tensor, target: Tensor, alpha: float, gamma: float) -> Tensor:
+    """The focal loss of each element (Lin et al., RetinaNet): `alpha_t (1 - p_t)^gamma BCE(logit, target)`, with
+    `p_t` the probability given to the target class and `alpha_t` = `alpha` on targets 1, `1 - alpha` on 0.
+
+    Args:
+        logits: logits of any shape; `target` the same shape, 0 / 1.
+    """
+    probabilities = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = probabilities * target + (1 - probabilities) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return alpha_t * (1 - p_t) ** gamma * bce
+
+
+def prompted_mask_loss(
+    mask_logits: Tensor,
+    iou_predictions: Tensor,
+    labels: Tensor,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
+    iou_weight: float = 1.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    ignore_index: int | None = DEFAULT_IGNORE_INDEX,
+) -> Tensor:
+    """SAM's loss for prompted masks: `focal_weight` x focal + `dice_weight` x dice per candidate mask, the
+    candidate of least mask loss trained for each prompt, plus `iou_weight` x MSE between the IoU head's predictions
+    and the IoUs the candidates reach (SAM: focal and dice 20 : 1, IoU MSE weight 1, only the lowest-loss mask
+    trained when several are output).
+
+    Args:
+        mask_logits: `(B, P, M, h, w)` low-resolution mask logits of M candidates for each of P prompts per image
+            (transformers' `pred_masks`); upsampled (bilinear) to the labels' size.
+        iou_predictions: `(B, P, M)` the IoU head's predictions (transformers' `iou_scores`).
+        labels: `(B, P, H, W)` each prompt's target object: 1 object, 0 elsewhere, `ignore_index` ignored (padding).
+        focal_alpha, focal_gamma: the focal loss's class balance and focusing parameters.
+
+    Returns:
+        0-dim loss: the mean over prompts of the chosen candidate's mask loss, plus the IoU term averaged over every
+        candidate (each candidate's IoU is defined, so every prediction of the IoU head is trained). Focal is the
+        mean over a prompt's valid pixels; dice is `1 - (2 |p t| + 1) / (|p| + |t| + 1)` on probabilities.
+    """
+    if mask_logits.dim() != 5 or iou_predictions.shape != mask_logits.shape[:3]:
+        raise ValueError(
+            "Expected mask_logits (B, P, M, h, w) and iou_predictions (B, P, M); got "
+            f"{tuple(mask_logits.shape)} and {tuple(iou_predictions.shape)}."
+        )
+    if labels.dim() != 4 or labels.shape[:2] != mask_logits.shape[:2]:
+        raise ValueError(
+            f"Expected labels (B, P, H, W) for mask_logits {tuple(mask_logits.shape)}; got {tuple(labels.shape)}."
+        )
+    batch, prompts, candidates = mask_logits.shape[:3]
+    logits = F.interpolate(
+        mask_logits.flatten(0, 1).float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+    ).unflatten(0, (batch, prompts))  # (B, P, M, H, W)
+    valid = torch.ones_like(labels, dtype=logits.dtype) if ignore_index is None else (labels != ignore_index).float()
+    valid = valid.unsqueeze(2)  # (B, P, 1, H, W)
+    target = (labels == 1).to(logits.dtype).unsqueeze(2)
+    probabilities = logits.sigmoid()
+    pixels = valid.sum(dim=(-2, -1)).clamp_min(1)  # (B, P, 1)
+    focal_terms = sigmoid_focal_terms(logits, target.expand_as(logits), focal_alpha, focal_gamma)
+    focal = (focal_terms * valid).sum(dim=(-2, -1)) / pixels  # (B, P, M)
+    intersection = (probabilities * target * valid).sum(dim=(-2, -1))
+    dice = 1 - (2 * intersection + 1) / (
+        (probabilities * valid).sum(dim=(-2, -1)) + (target * valid).sum(dim=(-2, -1)) + 1
+    )
+    mask_loss = focal_weight * focal + dice_weight * dice  # (B, P, M)
+    chosen = mask_loss.min(dim=2).values if candidates > 1 else mask_loss[..., 0]
+    with torch.no_grad():
+        hard = (logits > 0).to(logits.dtype) * valid
+        union = ((hard + target * valid) > 0).to(logits.dtype).sum(dim=(-2, -1))
+        reached = (hard * target).sum(dim=(-2, -1)) / union.clamp_min(1)  # (B, P, M)
+    iou_error = F.mse_loss(iou_predictions.float(), reached)
+    return chosen.mean() + iou_weight * iou_error

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -60,6 +61,78 @@ def save_training_curves(
     for index, panel in enumerate(panels):
         figure.paste(panel, (index * PANEL[0], 0))
     figure.save(path)
+
+
+SERIES_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+CLICK_CHART = (560, 360)  # width, height of the IoU-against-clicks chart
+
+
+def save_click_curves(
+    path: str | os.PathLike,
+    curves: Mapping[str, Sequence[float]],
+    thresholds: Sequence[float] = (0.85, 0.90),
+    title: str = "mIoU / clicks",
+) -> None:
+    """mIoU against the number of clicks for several models on one chart, as one PNG.
+
+    Args:
+        path: the PNG's path.
+        curves: per model (e.g. "base SAM", "adapted"), its mIoU after clicks 1, 2, ... (`InteractiveMetrics`'
+            `iou_curve`); the curves may differ in length. The legend lists them in this order.
+        thresholds: IoUs drawn as dashed grey lines (the NoC thresholds).
+        title: written above the chart.
+    """
+    if not curves or any(len(values) == 0 for values in curves.values()):
+        raise ValueError("`curves` must map at least one model to a non-empty list of IoUs.")
+    width, height = CLICK_CHART
+    image = Image.new("RGB", CLICK_CHART, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((MARGIN, 12), title, fill="black")
+    left, top, right, bottom = MARGIN, MARGIN, width - 16, height - MARGIN
+    clicks = max(len(values) for values in curves.values())
+    y_low = max(0.0, math.floor(min(min(min(v) for v in curves.values()), *thresholds) * 10) / 10)
+    y_high = max(1.0, max(max(v) for v in curves.values()))
+    x_span, y_span = max(clicks - 1, 1), (y_high - y_low) or 1.0
+
+    def at(click: float, iou: float) -> tuple[float, float]:
+        return left + (click - 1) / x_span * (right - left), bottom - (iou - y_low) / y_span * (bottom - top)
+
+    for tick in range(round(y_low * 10), math.floor(y_high * 10 + 1e-9) + 1):
+        y = at(1, tick / 10)[1]
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.text((4, y - 6), f"{tick / 10:.1f}", fill="black")
+    step = max(1, math.ceil(clicks / 10))
+    for click in range(1, clicks + 1, step):
+        x = at(click, y_low)[0]
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        draw.text((x - 3, bottom + 8), str(click), fill="black")
+    draw.text(((left + right) // 2 - 12, height - 18), "clicks", fill="black")
+    for threshold in thresholds:
+        y = at(1, threshold)[1]
+        for x in range(left, right, 8):
+            draw.line([(x, y), (min(x + 4, right), y)], fill=(160, 160, 160))
+        draw.text((left + 4, y - 12), f"{threshold:.2f}", fill=(120, 120, 120))
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
+
+    for index, values in enumerate(curves.values()):
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        points = [at(click, iou) for click, iou in enumerate(values, start=1)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+
+    entry = 16  # legend: one line per model, at the bottom right of the chart
+    legend_width = 40 + 6 * max(len(name) for name in curves)
+    legend_top = bottom - 8 - entry * len(curves)
+    legend_left = right - 8 - legend_width
+    draw.rectangle([legend_left - 4, legend_top - 4, right - 4, bottom - 4], fill="white", outline=(160, 160, 160))
+    for index, name in enumerate(curves):
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        y = legend_top + index * entry + 6
+        draw.line([(legend_left, y), (legend_left + 24, y)], fill=color, width=3)
+        draw.text((legend_left + 32, y - 6), name, fill="black")
+    image.save(path)
 
 
 def label_colors(num_labels: int) -> np.ndarray:
