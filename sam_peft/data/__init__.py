@@ -36,6 +36,14 @@ from .preprocessing import (
     sam_collate_fn,
     sam_image_processor,
 )
+from .prompted import (
+    SamObjectTransform,
+    object_boxes,
+    object_present,
+    object_targets,
+    prepare_objects_for_sam,
+    sam_objects_collate_fn,
+)
 from .prompts import PADDING_POINT_LABEL, boxes_from_masks, next_click, sample_points
 from .synthetic import (
     SYNTHETIC_DOMAINS,
@@ -61,6 +69,7 @@ __all__ = [
     "DataFileError",
     "DataLayoutError",
     "ObjectDecoder",
+    "SamObjectTransform",
     "SamSegmentationTransform",
     "SegmentationDecoder",
     "SplitSource",
@@ -76,11 +85,16 @@ __all__ = [
     "multiclass_dataset",
     "multiclass_samples",
     "next_click",
+    "object_boxes",
     "object_features",
+    "object_present",
+    "object_targets",
     "open_image",
     "prepare_for_sam",
+    "prepare_objects_for_sam",
     "sam_collate_fn",
     "sam_image_processor",
+    "sam_objects_collate_fn",
     "sample_points",
     "segmentation_features",
     "thresholded_masks",

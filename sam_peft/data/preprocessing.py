@@ -63,12 +63,18 @@ class Augmentation:
 
     def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
         """Augments an RGB image and its `"L"` mask of the same size; returns both (sizes still equal)."""
-        image, mask = self._geometric(image, mask)
-        return self._photometric(image), mask
+        image, (mask,) = self.apply(image, [mask])
+        return image, mask
 
-    def _geometric(self, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
+    def apply(self, image: Image.Image, masks: Sequence[Image.Image]) -> tuple[Image.Image, list[Image.Image]]:
+        """Augments an RGB image and any number of masks of its size with one draw: every mask moves with the
+        image. The draws are those of `__call__`, so under one seed both augment an image alike."""
+        image, masks = self._geometric(image, list(masks))
+        return self._photometric(image), masks
+
+    def _geometric(self, image: Image.Image, masks: list[Image.Image]) -> tuple[Image.Image, list[Image.Image]]:
         if self.crop_scale is not None:
-            image, mask = self._crop(image, mask)
+            image, masks = self._crop(image, masks)
         operations = []
         if _chance(self.hflip):
             operations.append(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -78,17 +84,17 @@ class Augmentation:
             turns = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
             operations.append(turns[int(torch.randint(0, 3, ()))])
         for operation in operations:
-            image, mask = image.transpose(operation), mask.transpose(operation)
-        return image, mask
+            image, masks = image.transpose(operation), [mask.transpose(operation) for mask in masks]
+        return image, masks
 
-    def _crop(self, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
+    def _crop(self, image: Image.Image, masks: list[Image.Image]) -> tuple[Image.Image, list[Image.Image]]:
         width, height = image.size
         side = math.sqrt(_uniform(*self.crop_scale))
         crop_width, crop_height = max(1, round(width * side)), max(1, round(height * side))
         left = int(torch.randint(0, width - crop_width + 1, ()))
         top = int(torch.randint(0, height - crop_height + 1, ()))
         box = (left, top, left + crop_width, top + crop_height)
-        return image.crop(box), mask.crop(box)
+        return image.crop(box), [mask.crop(box) for mask in masks]
 
     def _photometric(self, image: Image.Image) -> Image.Image:
         enhancers = (
@@ -176,17 +182,7 @@ class SamSegmentationTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         """`{column: [values]}` -> batched SAM inputs (tensors with a leading batch dimension), plus `id`."""
         images, masks = self._decoded(batch)
-        processor = self.processor
-        inputs = processor(
-            images=images,
-            segmentation_maps=masks,
-            mask_size={"longest_edge": _size_value(processor.size, "longest_edge")},
-            mask_pad_size={
-                "height": _size_value(processor.pad_size, "height"),
-                "width": _size_value(processor.pad_size, "width"),
-            },
-            return_tensors="pt",
-        )
+        inputs = sam_inputs(self.processor, images, masks)
         labels = ignore_padding(inputs["labels"], inputs["reshaped_input_sizes"])
         output = {
             "pixel_values": inputs["pixel_values"],
@@ -197,6 +193,30 @@ class SamSegmentationTransform:
         if "id" in batch:
             output["id"] = list(batch["id"])
         return output
+
+
+def sam_inputs(processor: Any, images: Sequence[Image.Image], masks: Sequence[Image.Image] = ()) -> Any:
+    """Runs a `SamImageProcessor` on RGB images and (optionally) masks: the images resized (longest side), padded
+    and normalised into `pixel_values` `(B, 3, S, S)`; the masks resized with nearest neighbour to the images' input
+    size (not the processor's low-resolution `mask_size`) and padded with 0 into `labels` `(M, S, S)` int64.
+
+    Each mask is resized on its own by its longest side, so a mask of an image's size lands on that image's input
+    frame whatever the count: `SamSegmentationTransform` passes one mask per image, the object transform of
+    `sam_peft.data.prompted` one image and all its masks. Also returns `original_sizes` and `reshaped_input_sizes`
+    `(B, 2)`.
+    """
+    if not masks:
+        return processor(images=list(images), return_tensors="pt")
+    return processor(
+        images=list(images),
+        segmentation_maps=list(masks),
+        mask_size={"longest_edge": _size_value(processor.size, "longest_edge")},
+        mask_pad_size={
+            "height": _size_value(processor.pad_size, "height"),
+            "width": _size_value(processor.pad_size, "width"),
+        },
+        return_tensors="pt",
+    )
 
 
 def ignore_padding(labels: torch.Tensor, reshaped_input_sizes: torch.Tensor) -> torch.Tensor:
