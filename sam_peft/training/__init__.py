@@ -23,6 +23,7 @@ from .checkpoints import (
 from .embedding_cache import CacheStats, EmbeddingCache
 from .evaluation import default_metric, evaluate, is_better, model_inputs
 from .files import result_files
+from .interactive import evaluate_interactive
 from .loop import make_scheduler, optimizer_steps, recipe_accelerator, steps_per_epoch
 from .plots import save_overlays, save_training_curves
 from .run_folder import LOGS_DIR, RunPlan, claim_output_dir, plan_run, run_config
@@ -49,6 +50,7 @@ __all__ = [
     "default_metric",
     "ensure_random_base",
     "evaluate",
+    "evaluate_interactive",
     "is_better",
     "load_data",
     "load_trained",
