@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from continual_checks import assert_routed_equals_each_module
 from transformers import Sam2Model, Sam3TrackerModel
 
 from sam_peft import SloraConfig, random_sam
@@ -134,21 +135,10 @@ def test_routed_forward_equals_each_modules_own_forward(learned):
     pixel_values = torch.cat([polyp["pixel_values"], shadow["pixel_values"]])
     points, labels = sample_point_prompts(torch.cat([polyp["labels"], shadow["labels"]]), 3, [1, 2, 3, 4])
     domains = ["polyp", "shadow", "polyp", None]
+    outputs = ("pred_masks", "iou_scores", "object_score_logits")
+    routed = assert_routed_equals_each_module(continual, pixel_values, points, labels, domains, outputs)
+    assert routed.pred_masks.shape[:3] == (4, 1, 1)
     with torch.no_grad():
-        routed = continual(pixel_values, points, labels, domains=domains)
-        assert routed.domains == domains and routed.pred_masks.shape[:3] == (4, 1, 1)
-        for index, domain in enumerate(domains):
-            with continual.use_module(domain):
-                plain = continual.peft_model(
-                    pixel_values=pixel_values[index : index + 1],
-                    input_points=points[index : index + 1],
-                    input_labels=labels[index : index + 1],
-                    multimask_output=False,
-                )
-            for name in ("pred_masks", "iou_scores", "object_score_logits"):
-                torch.testing.assert_close(
-                    getattr(routed, name)[index : index + 1], getattr(plain, name), rtol=1e-5, atol=1e-5
-                )
         # one module for the whole batch: the same as the module's forward on the batch
         with continual.use_module("shadow"):
             whole = continual.peft_model(
