@@ -15,6 +15,10 @@ the data it was trained on (its training_config.json), split as in training. The
 
 Metrics are computed at the original image sizes (sam_peft.metrics). The row is printed x100 as the papers print
 it (BER in percent), as a Markdown table; all metrics are written to `--output` as JSON.
+
+A run trained with `task: prompted` is evaluated with boxes and clicks on the objects of the data (its own, or
+image_dir with mask_dir and `--objects`, or image_dir with `--coco_annotations`): mIoU from the box, after 1, 3, 5
+and `--max_clicks` clicks, their mean, and NoC@85 / NoC@90 (`sam_peft.training.evaluate_interactive`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from accelerate import Accelerator
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
 
-from sam_peft.data import load_folder, prepare_for_sam, sam_collate_fn
+from sam_peft.data import load_coco, load_folder, prepare_for_sam, sam_collate_fn
+from sam_peft.data.prompted import prepare_objects_for_sam, sam_objects_collate_fn
 from sam_peft.hub import resolve_pretrained
 from sam_peft.modeling import input_image_size
 from sam_peft.training import (
     DataArguments,
     TrainArguments,
     evaluate,
+    evaluate_interactive,
     load_data,
     load_trained,
     parse_config,
@@ -41,6 +47,7 @@ from sam_peft.training import (
     verify_data_files,
 )
 from sam_peft.training.arguments import DATA_SOURCE_GROUP, DATA_SOURCE_KEYS, check_field_types
+from sam_peft.training.builders import load_object_data
 from sam_peft.training.files import write_json_atomic
 from sam_peft.training.run_folder import CONFIG_FILE
 
@@ -90,11 +97,14 @@ class EvaluateArguments:
         default=None, metadata={"help": "Seed of generated data; default: the run's, else train.py's default."}
     )
     output: str | None = field(default=None, metadata={"help": "JSON file of all metrics (written atomically)."})
+    max_clicks: int = field(default=20, metadata={"help": "Prompted runs: clicks per object (SAM, RITM: 20)."})
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_clicks < 1:
+            raise ValueError(f"max_clicks must be >= 1, got {self.max_clicks}")
 
 
 def recorded_training_config(run_folder: Path) -> dict | None:
@@ -128,9 +138,20 @@ def data_arguments(
     return DataArguments(**data), seed, True
 
 
-def load_evaluation_data(data_args: DataArguments, num_labels: int, seed: int, recorded: bool) -> DatasetDict:
+def load_evaluation_data(
+    data_args: DataArguments, num_labels: int, seed: int, recorded: bool, prompted: bool = False
+) -> DatasetDict:
     """The splits of the data: a folder named here is one `test` split of all its images (the run's own folder
-    is carved as in training, so that its validation split is the same), any other source as `load_data` gives it."""
+    is carved as in training, so that its validation split is the same), any other source as `load_data` gives it;
+    for a prompted run, objects (`load_object_data`)."""
+    if prompted:
+        if data_args.image_dir is None or recorded:
+            return load_object_data(data_args, seed)
+        if data_args.coco_annotations is not None:
+            return load_coco(data_args.image_dir, data_args.coco_annotations, split="test", verify=True)
+        if data_args.mask_dir is None:
+            raise ValueError("--image_dir needs --mask_dir (with --objects) or --coco_annotations for a prompted run.")
+        return load_folder(data_args.image_dir, data_args.mask_dir, objects=data_args.objects, split="test")
     if data_args.image_dir is not None and not recorded:
         if data_args.mask_dir is None:
             raise ValueError("--image_dir needs --mask_dir: the folder of masks, matched by file stem.")
@@ -147,7 +168,8 @@ def main() -> None:
     data_args, seed, recorded = data_arguments(args, data_args, run_folder)
     record = read_run_file(run_folder)
     num_labels = record["model"]["num_labels"]
-    data = load_evaluation_data(data_args, num_labels, seed, recorded)
+    prompted = record["model"].get("task") == "prompted"
+    data = load_evaluation_data(data_args, num_labels, seed, recorded, prompted)
     split = args.split or ("test" if "test" in data else data_args.eval_split)
     if split not in data:
         raise ValueError(f"The data has no split {split!r}; it has {sorted(data)}. Choose one with --split.")
@@ -155,6 +177,9 @@ def main() -> None:
 
     model = load_trained(args.adapter, args.base_model, subfolder=args.subfolder, revision=args.revision)
     image_size = record.get("image_size", input_image_size(model.config))
+    if prompted:
+        evaluate_prompted(model, accelerator, args, data_args, data[split], split, image_size, seed)
+        return
     prepared = prepare_for_sam(data[split], image_size, augmentation=None)
     loader = DataLoader(prepared, batch_size=args.batch_size, collate_fn=sam_collate_fn)
     model, loader = accelerator.prepare(model, loader)
@@ -166,6 +191,31 @@ def main() -> None:
         print(f"| {source} {split} ({len(prepared)} images) | " + " | ".join(columns) + " |")
         print("| --- |" + " ---: |" * len(columns))
         print(f"| {args.adapter} | " + " | ".join(f"{100 * results[c]:.2f}" for c in columns) + " |")
+        if args.output is not None:
+            write_json_atomic(Path(args.output), {"split": split, "images": len(prepared), **results})
+
+
+# the interactive columns printed for a prompted run (mIoU x100, NoC as numbers of clicks)
+PROMPTED_COLUMNS = ("miou_box", "miou@1", "miou@3", "miou@5", "miou_clicks", "noc@85", "noc@90")
+
+
+def evaluate_prompted(model, accelerator, args, data_args, split_data, split: str, image_size: int, seed: int) -> None:
+    """Box and click evaluation of a prompted run on the objects of `split_data` (at most `max_objects` per image,
+    the same ones at every call), printed as a Markdown row and written to `--output`."""
+    prepared = prepare_objects_for_sam(
+        split_data, image_size, augmentation=None, max_objects=data_args.max_objects, seed=seed
+    )
+    loader = accelerator.prepare(DataLoader(prepared, batch_size=args.batch_size, collate_fn=sam_objects_collate_fn))
+    results = evaluate_interactive(
+        accelerator.unwrap_model(model).to(accelerator.device), loader, args.max_clicks, accelerator=accelerator
+    )
+    if accelerator.is_main_process:
+        source = data_args.benchmark or data_args.image_dir
+        columns = [c for c in PROMPTED_COLUMNS if c in results]
+        print(f"| {source} {split} ({results['num_objects']} objects) | " + " | ".join(columns) + " |")
+        print("| --- |" + " ---: |" * len(columns))
+        cells = [f"{results[c]:.2f}" if c.startswith("noc") else f"{100 * results[c]:.2f}" for c in columns]
+        print(f"| {args.adapter} | " + " | ".join(cells) + " |")
         if args.output is not None:
             write_json_atomic(Path(args.output), {"split": split, "images": len(prepared), **results})
 

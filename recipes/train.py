@@ -1,6 +1,7 @@
-"""Fine-tune SAM for segmentation with Conv-LoRA, LoRA, CAD or decoder-only training, with Accelerate.
+"""Fine-tune SAM for segmentation with Conv-LoRA, LoRA, CAD, SAM-Adapter or decoder-only training, with Accelerate.
 
     accelerate launch recipes/train.py recipes/configs/quickstart.yaml
+    accelerate launch recipes/train.py recipes/configs/quickstart_prompted.yaml
     accelerate launch recipes/train.py recipes/configs/conv_lora_kvasir.yaml --data_dir data/Kvasir-SEG
     accelerate launch recipes/train.py recipes/configs/cad_cod10k.yaml --data_dir data/COD10K-v3 --cache_embeddings
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train.py recipes/configs/quickstart.yaml
@@ -8,6 +9,11 @@
 With `--cache_embeddings` (cad and decoder_only, whose image encoder stays frozen), the encoder's output for each
 image (and flip) is computed once, stored under `--embedding_cache_dir` and read back in later epochs and
 evaluations; `recipes/cache_embeddings.py` fills the cache ahead of training.
+
+With `task: prompted` the promptable SAM is trained on objects (instance masks, connected components, COCO
+annotations) with SAM's interactive scheme: a box or a point, then corrective clicks (`sam_peft.training.prompted`);
+each evaluation is the box and click protocol (`evaluate_interactive`), for the base model and the adapted one, and
+the output folder gets `iou_vs_clicks.png` instead of `predictions.png`.
 
 Values on the command line override the YAML file (see sam_peft/training/arguments.py for every key). The
 output folder receives the trained weights of the best epoch (an adapter for conv_lora and lora), the run record
@@ -17,6 +23,7 @@ output folder receives the trained weights of the best epoch (an adapter for con
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -28,22 +35,28 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sam_peft.data import sam_collate_fn
+from sam_peft.data.prompted import sam_objects_collate_fn
 from sam_peft.hub import adapter_model_card, check_push_access, push_run
 from sam_peft.modeling import SamSemanticSegmentationOutput, input_image_size, post_process_semantic_segmentation
 from sam_peft.modeling.methods import METHODS
 from sam_peft.training import (
     BEST_DIR,
     CheckpointFolder,
+    InteractiveTraining,
+    InteractiveTrainingConfig,
+    PromptSeeds,
     SeededSamples,
     TrainingState,
     build_datasets,
     build_embedding_cache,
     build_model,
+    build_object_datasets,
     check_embedding_cache,
     claim_output_dir,
     default_metric,
     ensure_random_base,
     evaluate,
+    evaluate_interactive,
     is_better,
     load_trained_weights,
     make_scheduler,
@@ -55,6 +68,7 @@ from sam_peft.training import (
     register_trainable_checkpointing,
     result_files,
     run_config,
+    save_click_curves,
     save_overlays,
     save_trained,
     save_training_curves,
@@ -63,6 +77,9 @@ from sam_peft.training import (
 )
 
 USAGE = "accelerate launch recipes/train.py CONFIG.yaml [--key value ...]"
+# the prompted evaluation's summary on the model card (and its click curve beside it)
+PROMPTED_CARD_METRICS = ("miou_box", "miou@1", "miou@3", "miou@5", "miou_clicks", "noc@85", "noc@90")
+CLICK_CURVES_FILE = "iou_vs_clicks.png"
 
 
 @torch.no_grad()
@@ -86,7 +103,8 @@ def overlay_examples(model, raw_split, prepared_split, count: int = 4):
 def main() -> None:
     model_args, data_args, train_args = parse_args(description=__doc__, usage=USAGE)
     output_dir = Path(train_args.output_dir)
-    metric = train_args.metric_for_best_model or default_metric(model_args.num_labels)
+    prompted = model_args.task == "prompted"
+    metric = train_args.metric_for_best_model or default_metric(model_args.num_labels, model_args.task)
     accelerator = recipe_accelerator(
         output_dir,
         train_args.report_to,
@@ -113,22 +131,28 @@ def main() -> None:
     model = build_model(model_args)
     image_size = data_args.image_size or input_image_size(model.config)
     check_embedding_cache(data_args, model, image_size)  # before the output folder is touched
-    raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
+    if prompted:
+        raw, prepared = build_object_datasets(data_args, image_size, train_args.seed)
+        trained = InteractiveTraining(model, _interactive_config(model_args, train_args))
+        train_split, collate_fn = PromptSeeds(prepared["train"]), sam_objects_collate_fn
+    else:
+        raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
+        trained, train_split, collate_fn = model, prepared["train"], sam_collate_fn
     # Each loader draws its iterators' seeds from a generator of its own, not from the global one that the model's
     # random draws use and that checkpoints record: a resumed run draws as the uninterrupted one did.
-    train_samples = SeededSamples(prepared["train"], train_args.seed)
+    train_samples = SeededSamples(train_split, train_args.seed)
     train_loader = DataLoader(
         train_samples,
         batch_size=train_args.batch_size,
         shuffle=True,
-        collate_fn=sam_collate_fn,
+        collate_fn=collate_fn,
         num_workers=data_args.num_workers,
         generator=torch.Generator().manual_seed(train_args.seed),
     )
     eval_loader = DataLoader(
         prepared[data_args.eval_split],
         batch_size=train_args.eval_batch_size,
-        collate_fn=sam_collate_fn,
+        collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(train_args.seed),
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -138,10 +162,11 @@ def main() -> None:
     scheduler = make_scheduler(
         optimizer, train_args.lr_schedule, train_args.warmup_steps, scheduled_steps, accelerator.num_processes
     )
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler
+    trained, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        trained, optimizer, train_loader, eval_loader, scheduler
     )
-    register_trainable_checkpointing(accelerator, model)
+    unwrapped = accelerator.unwrap_model(trained).model if prompted else accelerator.unwrap_model(trained)
+    register_trainable_checkpointing(accelerator, unwrapped)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for note in claim_output_dir(output_dir, config, plan):
@@ -154,7 +179,6 @@ def main() -> None:
     if plan.checkpoint is not None:
         state = checkpoints.load(accelerator, plan.checkpoint)
         accelerator.print(f"Resumed from {plan.checkpoint} at step {state.step} (epoch {state.epoch})")
-    unwrapped = accelerator.unwrap_model(model)
 
     def save_checkpoint(new_best: bool = False) -> None:
         checkpoints.save(accelerator, state, lambda folder: save_trained(unwrapped, folder), new_best)
@@ -162,23 +186,32 @@ def main() -> None:
     cache = build_embedding_cache(data_args, unwrapped, image_size)
 
     def compute_losses(model, batch) -> dict[str, torch.Tensor]:
+        if prompted:
+            return model(**batch)
         outputs = model(**model_inputs(batch["pixel_values"], cache), labels=batch["labels"])
         return {"loss": outputs.loss, "task_loss": outputs.task_loss, "auxiliary_loss": outputs.auxiliary_loss}
 
-    if state.baseline is None:  # the untrained model, for comparison in metrics.json
-        state.baseline = _scalars(evaluate(model, eval_loader, accelerator, model_args.num_labels, cache))
+    def run_evaluation() -> dict:
+        if prompted:
+            return evaluate_interactive(unwrapped, eval_loader, train_args.eval_max_clicks, accelerator=accelerator)
+        return evaluate(trained, eval_loader, accelerator, model_args.num_labels, cache)
+
+    if state.baseline is None:  # the base model (prompted), or the untrained one, for comparison in metrics.json
+        with _base_model(unwrapped) if prompted else contextlib.nullcontext():
+            baseline = run_evaluation()
+        state.baseline = _scalars(baseline) | ({"iou_curve": baseline["iou_curve"]} if prompted else {})
     last_step = min(scheduled_steps, train_args.max_steps or scheduled_steps)
     every = train_args.checkpoint_every_steps
     progress = tqdm(total=last_step, initial=state.step, desc="training", disable=not accelerator.is_local_main_process)
     while state.epoch < train_args.num_epochs and state.step < last_step:
-        model.train()
+        trained.train()
         train_loader.set_epoch(state.epoch)  # the data order
         train_samples.set_epoch(state.epoch)  # the augmentation (Accelerate forwards the epoch on one process only)
         epoch_end = (state.epoch + 1) * epoch_steps
         done_in_epoch = state.step - state.epoch * epoch_steps
         batches = accelerator.skip_first_batches(train_loader, done_in_epoch * train_args.gradient_accumulation_steps)
         for entry in optimizer_steps(
-            accelerator, model, batches, optimizer, scheduler, compute_losses, train_args.max_grad_norm
+            accelerator, trained, batches, optimizer, scheduler, compute_losses, train_args.max_grad_norm
         ):
             state.step += 1
             state.train_log.append({"step": state.step, **entry})
@@ -193,10 +226,11 @@ def main() -> None:
         if state.step >= epoch_end:
             state.epoch += 1
             if state.epoch % train_args.eval_every_epochs == 0 or state.epoch == train_args.num_epochs:
-                results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
+                results = run_evaluation()
                 state.eval_log.append({"epoch": state.epoch, "step": state.step, **_scalars(results)})
                 accelerator.log({f"eval/{k}": v for k, v in _scalars(results).items()}, step=state.step)
-                accelerator.print(f"epoch {state.epoch}: {metric} {results[metric]:.4f}, loss {results['loss']:.4f}")
+                loss = "" if prompted else f", loss {results['loss']:.4f}"
+                accelerator.print(f"epoch {state.epoch}: {metric} {results[metric]:.4f}{loss}")
                 if is_better(metric, results[metric], state.best_value):
                     state.best_value, state.best_epoch, new_best = results[metric], state.epoch, True
         save_checkpoint(new_best)
@@ -209,7 +243,7 @@ def main() -> None:
 
     # The best epoch's weights become the run's result.
     load_trained_weights(unwrapped, checkpoints.last_saved / BEST_DIR)
-    results = evaluate(model, eval_loader, accelerator, model_args.num_labels, cache)
+    results = run_evaluation()
     if accelerator.is_main_process:
         final = {"metric_for_best_model": metric, "best_epoch": state.best_epoch, "eval_split": data_args.eval_split}
         final.update(results)
@@ -217,6 +251,12 @@ def main() -> None:
         final["train_log"] = state.train_log
         if cache is not None:
             final["embedding_cache"] = {"directory": str(cache.directory), **asdict(cache.stats)}
+        if prompted:
+            card_metrics = {k: results[k] for k in PROMPTED_CARD_METRICS if k in results}
+            card_extra = {"baseline": state.baseline, "figure": (CLICK_CURVES_FILE, "mIoU against clicks")}
+        else:
+            card_metrics = {k: v for k, v in _scalars(results).items() if k not in ("loss", "auxiliary_loss")}
+            card_extra = {}
         card = adapter_model_card(
             base_model=model_args.base_model,
             peft_type=METHODS[model_args.method].peft_type,
@@ -224,24 +264,50 @@ def main() -> None:
             num_labels=model_args.num_labels,
             dataset_name=data_args.benchmark or data_args.hub_dataset or "custom",
             eval_split=data_args.eval_split,
-            metrics={k: v for k, v in _scalars(results).items() if k not in ("loss", "auxiliary_loss")},
+            metrics=card_metrics,
             hyperparameters=_hyperparameters(model_args, train_args),
             trainable_parameters=sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
             base_class=type(getattr(unwrapped, "get_base_model", lambda: unwrapped)()).__name__,
+            **card_extra,
         )
         split = data_args.eval_split
         with result_files(output_dir) as folder:  # moved into output_dir together, once all are written
             save_trained(unwrapped, folder)
             (folder / "metrics.json").write_text(json.dumps(final, indent=2))
             save_training_curves(folder / "training_curves.png", state.train_log, state.eval_log, metric)
-            save_overlays(folder / "predictions.png", *overlay_examples(unwrapped, raw[split], prepared[split]))
+            if prompted:
+                curves = {"base model": state.baseline["iou_curve"], "adapted": results["iou_curve"]}
+                save_click_curves(folder / CLICK_CURVES_FILE, curves, title=f"mIoU / clicks ({split})")
+            else:
+                save_overlays(folder / "predictions.png", *overlay_examples(unwrapped, raw[split], prepared[split]))
             card.save(folder / "README.md")
         # written last: the run is finished (a requeued job finds it and exits)
         write_run_file(output_dir, model_args, image_size, training={"epochs": state.epoch, "steps": state.step})
-        accelerator.print(json.dumps({k: v for k, v in final.items() if k != "train_log"}, indent=2))
+        accelerator.print(json.dumps(_summary(final), indent=2))
         if train_args.push_to_hub:
             accelerator.print(f"Pushed to {push_run(output_dir, train_args.hub_model_id)}")
     accelerator.end_training()
+
+
+def _summary(final: dict) -> dict:
+    """What the recipe prints of metrics.json: all but the training log and the per-click lists."""
+    return {k: _summary(v) if k == "untrained" else v for k, v in final.items() if k not in _LONG_ENTRIES}
+
+
+_LONG_ENTRIES = ("train_log", "iou_curve", "dice_curve")
+
+
+def _interactive_config(model_args, train_args) -> InteractiveTrainingConfig:
+    keys = ("num_correction_clicks", "box_probability", "box_jitter", "focal_weight", "dice_weight", "iou_weight")
+    return InteractiveTrainingConfig(
+        **{key: getattr(train_args, key) for key in keys}, moe_loss_weight=model_args.moe_loss_weight
+    )
+
+
+def _base_model(model):
+    """A context in which `model` computes what its base model does: its adapter disabled (a PEFT model), or
+    nothing to do (decoder-only training, evaluated before its first step)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
 def _scalars(results: dict) -> dict[str, float]:

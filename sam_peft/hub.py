@@ -82,6 +82,8 @@ def adapter_model_card(
     trained_modules: str | None = "the mask decoder",
     base_class: str = "SamForSemanticSegmentation",
     num_mask_tokens: int | None = None,
+    baseline: Mapping[str, float] | None = None,
+    figure: tuple[str, str] | None = None,
 ) -> ModelCard:
     """Render the card of an adapter: metadata (`library_name: peft`, `base_model`, `model-index` built from
     `metrics`), a usage snippet, the metrics table, the hyperparameters and the method.
@@ -90,6 +92,8 @@ def adapter_model_card(
     is the class the adapter was trained on: a prompt-free head (`SamForSemanticSegmentation`,
     `Sam2ForSemanticSegmentation`, `Sam3TrackerForSemanticSegmentation`; `num_labels` and a non-default
     `num_mask_tokens` go into the snippet), or transformers' `SamModel` / `SamHQModel` / `Sam2Model` (prompted).
+    `baseline` (the base model's values of the same metrics) adds a column beside `metrics`; `figure`, a
+    `(file name, caption)` of a picture stored beside the card, is shown under the table.
     """
     method = method_of_peft_type(peft_type)
     method_name = peft_type if method is None else method.title
@@ -140,6 +144,9 @@ def adapter_model_card(
         trained_modules=trained_modules,
         base_class=base_class,
         num_mask_tokens=num_mask_tokens,
+        baseline=dict(baseline or {}),
+        figure=figure[0] if figure else None,
+        figure_caption=figure[1] if figure else None,
     )
 
 

@@ -35,9 +35,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -261,6 +262,36 @@ def _write_manifest(output_dir: Path, files: Sequence[str], failed: dict[str, st
     write_json_atomic(output_dir / MANIFEST, record)
 
 
+def open_output_dir(
+    output_dir: str | os.PathLike, input_path: str | os.PathLike, planned: Sequence[str], **info
+) -> list[str]:
+    """Makes `output_dir` ready for a prediction of `input_path` that will write the files `planned` (relative
+    paths): refuses it as `check_output_dir` does (nothing written then), creates it, removes the temporaries a
+    kill left, and writes the manifest of the planned files (`"complete": false`; `info` recorded beside them).
+
+    Returns:
+        The files of the previous prediction held there, for `close_output_dir`.
+    """
+    output_dir = Path(output_dir)
+    previous = check_output_dir(output_dir, input_path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _, temporaries = _foreign_entries(output_dir, {*previous, MANIFEST})
+    for temporary in temporaries:  # left by a kill
+        temporary.unlink()
+    _write_manifest(output_dir, {*previous, *planned}, {}, complete=False, **info)
+    return previous
+
+
+def close_output_dir(output_dir: str | os.PathLike, previous: Sequence[str], report: PredictionReport, **info) -> None:
+    """Ends a prediction begun by `open_output_dir`: removes the previous prediction's files that `report` did not
+    write again, and writes the complete manifest (`report`'s files and failures, and `info`)."""
+    output_dir = Path(output_dir)
+    kept = set(report.files)  # with the outputs of an image whose writing failed half-way: a rerun replaces them
+    _remove_files(output_dir, sorted(set(previous) - kept))
+    failed = {str(path): error for path, error in report.failed.items()}
+    _write_manifest(output_dir, sorted(kept), failed, complete=True, **info)
+
+
 def _remove_files(output_dir: Path, relative_paths: Sequence[str]) -> None:
     """Removes files below `output_dir`, then the folders that this leaves empty (never `output_dir`)."""
     for relative in sorted(relative_paths):
@@ -339,35 +370,45 @@ def write_outputs(
         written.append(item.output(suffix))
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def _read(items: Sequence[PredictionInput], failed: dict[Path, str]) -> list[tuple[PredictionInput, Image.Image]]:
+def read_inputs(items: Sequence[PredictionInput], failed: dict[Path, str]) -> list[tuple[PredictionInput, Image.Image]]:
     """The readable images of `items` as RGB; the others go to `failed`."""
     loaded = []
     for item in items:
         try:
             loaded.append((item, to_rgb(open_image(str(item.image)))))
         except Exception as error:
-            failed[item.image] = _one_line(error)
+            failed[item.image] = one_line(error)
     return loaded
+
+
+def predict_each(
+    loaded: Sequence[tuple[PredictionInput, Image.Image]],
+    predict: Callable[[Sequence[tuple[PredictionInput, Image.Image]]], Sequence[Any]],
+    failed: dict[Path, str],
+) -> list[tuple[PredictionInput, Image.Image, Any]]:
+    """`predict(loaded)` (one result per image) as one batch; if that fails, image by image: an image whose
+    prediction fails goes to `failed` and the others are kept."""
+    if not loaded:
+        return []
+    try:
+        results = predict(loaded)
+        return [(item, image, result) for (item, image), result in zip(loaded, results, strict=True)]
+    except Exception as error:
+        if len(loaded) == 1:
+            failed[loaded[0][0].image] = one_line(error)
+            return []
+    return [result for pair in loaded for result in predict_each([pair], predict, failed)]
 
 
 def _predict(
     model: torch.nn.Module, processor, loaded: Sequence[tuple[PredictionInput, Image.Image]], failed: dict[Path, str]
 ) -> list[tuple[PredictionInput, Image.Image, torch.Tensor]]:
     """Logits for the loaded images, as one batch; if that fails, image by image (failures go to `failed`)."""
-    if not loaded:
-        return []
-    try:
-        logits = predict_logits(model, processor, [image for _, image in loaded])
-        return [(item, image, result) for (item, image), result in zip(loaded, logits, strict=True)]
-    except Exception as error:
-        if len(loaded) == 1:
-            failed[loaded[0][0].image] = _one_line(error)
-            return []
-    return [result for pair in loaded for result in _predict(model, processor, [pair], failed)]
+    return predict_each(loaded, lambda pairs: predict_logits(model, processor, [image for _, image in pairs]), failed)
 
 
 # --- the whole folder ---------------------------------------------------------------------------------------------
@@ -396,31 +437,23 @@ def predict_folder(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     input_path, output_dir = Path(input_path), Path(output_dir)
     inputs = list_inputs(input_path)
-    previous = check_output_dir(output_dir, input_path)
     suffixes = output_suffixes(model.config.num_labels, overlays, save_probabilities)
     info = {"adapter": adapter, "input": str(input_path.resolve())}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _, temporaries = _foreign_entries(output_dir, {*previous, MANIFEST})
-    for temporary in temporaries:  # left by a kill
-        temporary.unlink()
     planned = [item.output(suffix) for item in inputs for suffix in suffixes]
-    _write_manifest(output_dir, {*previous, *planned}, {}, complete=False, **info)
+    previous = open_output_dir(output_dir, input_path, planned, **info)
 
     report = PredictionReport(output_dir)
     processor = sam_image_processor(input_image_size(model.config))
     with tqdm(total=len(inputs), desc="predicting", unit="image", disable=not progress) as bar:
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start : start + batch_size]
-            for item, image, logits in _predict(model, processor, _read(batch, report.failed), report.failed):
+            for item, image, logits in _predict(model, processor, read_inputs(batch, report.failed), report.failed):
                 try:
                     write_outputs(item, image, logits, output_dir, suffixes, report.files)
                     report.predicted.append(item.image)
                 except Exception as error:
-                    report.failed[item.image] = _one_line(error)
+                    report.failed[item.image] = one_line(error)
             bar.update(len(batch))
 
-    kept = set(report.files)  # with the outputs of an image whose writing failed half-way: a rerun replaces them
-    _remove_files(output_dir, sorted(set(previous) - kept))
-    failed = {str(path): error for path, error in report.failed.items()}
-    _write_manifest(output_dir, sorted(kept), failed, complete=True, **info)
+    close_output_dir(output_dir, previous, report, **info)
     return report

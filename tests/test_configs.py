@@ -31,7 +31,7 @@ def test_one_config_per_method_and_dataset():
     assert {path.stem for path in PAPER} == expected
     assert {path.stem for path in CAD} == {f"cad_{dataset}" for dataset in CAD_DATASETS}
     assert set(TRAINED_METHODS) == {*CONV_LORA_METHODS, "cad", "sam_adapter"}
-    assert {path.stem for path in ALL} == {path.stem for path in PAPER + CAD} | {"quickstart"}
+    assert {path.stem for path in ALL} == {path.stem for path in PAPER + CAD} | {"quickstart", "quickstart_prompted"}
 
 
 @pytest.mark.parametrize("dataset", CAD_DATASETS)

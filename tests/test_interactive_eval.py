@@ -191,3 +191,11 @@ def test_tiny_sam_on_component_objects(tmp_path):
     for threshold in ("85", "90"):
         assert 1.0 <= results[f"noc@{threshold}"] <= 3.0
         assert 0 <= results[f"nof@{threshold}"] <= 4
+    # objects taken a few at a time through the prompted calls give the same numbers
+    for chunk in (1, 3):
+        chunked = evaluate_interactive(
+            random_sam("tiny"), loader, max_clicks=3, progress=False, objects_per_forward=chunk
+        )
+        assert chunked.keys() == results.keys()
+        for key, value in results.items():
+            assert chunked[key] == pytest.approx(value, abs=1e-6), key

@@ -25,6 +25,7 @@ RANKS = {
     "training": 3,
     "continual": 3,
     "prediction": 3,
+    "prompted_prediction": 3,
     "hub": 3,
     "convert": 3,
     "metrics": 3,

@@ -182,6 +182,8 @@ for pred, ref, label in loader:
     semantic.add_batch(predictions=(pred * 3).long().clamp(max=2), references=label)
 results = {"sod": sod.compute(), "semantic": semantic.compute(), "images": len(preds)}
 json.dump(results, open(sys.argv[1], "w"))
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()  # a gloo group left to the interpreter's exit may abort it
 """
 
 

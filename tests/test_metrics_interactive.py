@@ -41,6 +41,7 @@ def test_perfect_after_two_clicks():
     assert results["mdice@2"] == 1.0
     assert results["mdice@1"] == pytest.approx(0.8 / 1.4)
     assert results["iou_curve"] == pytest.approx([0.4, 1, 1, 1, 1])
+    assert results["miou_clicks"] == pytest.approx((0.4 + 4) / 5)
     assert len(results["dice_curve"]) == 5
     assert "miou_box" not in results
 

@@ -50,6 +50,7 @@ from .synthetic import (
     Appearance,
     binary_dataset,
     binary_samples,
+    instance_dataset,
     multiclass_dataset,
     multiclass_samples,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "binary_dataset",
     "binary_samples",
     "boxes_from_masks",
+    "instance_dataset",
     "load_benchmark",
     "load_coco",
     "load_folder",

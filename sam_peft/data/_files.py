@@ -207,8 +207,8 @@ def verify_pairs(pairs: Sequence[Pair], desc: str = "Checking files") -> None:
 
 def pair_problems(pair: Pair) -> list[str]:
     """What is wrong with one pair's files (one line each), or nothing."""
-    image_size, image_problem = _checked_size(pair.image)
-    mask_size, mask_problem = _checked_size(pair.mask)
+    image_size, image_problem = checked_size(pair.image)
+    mask_size, mask_problem = checked_size(pair.mask)
     problems = [problem for problem in (image_problem, mask_problem) if problem is not None]
     if not problems and image_size != mask_size:
         problems.append(
@@ -229,7 +229,7 @@ def problems_message(problems: Sequence[str], num_pairs: int) -> str:
     )
 
 
-def _checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+def checked_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """`((width, height) as displayed, None)`, or `(None, what is wrong)`."""
     try:
         with Image.open(path) as image:

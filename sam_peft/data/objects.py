@@ -46,7 +46,7 @@ from datasets.utils import tqdm
 from PIL import Image
 from scipy import ndimage
 
-from ._files import PROGRESS_MIN_FILES, Pair, _checked_size, list_images
+from ._files import PROGRESS_MIN_FILES, Pair, checked_size, list_images
 from .decoding import describe_source, open_image, to_binary_mask, to_rgb
 from .errors import DataFileError, DataLayoutError
 from .layouts import DEFAULT_SPLIT_SEED
@@ -508,7 +508,7 @@ def _image_size(entry: Mapping, path: Path) -> tuple[int, int]:
     """`(height, width)` from the JSON, or else from the file's header."""
     if entry.get("height") and entry.get("width"):
         return int(entry["height"]), int(entry["width"])
-    size, problem = _checked_size(path)
+    size, problem = checked_size(path)
     if problem is not None:
         raise DataFileError(problem)
     return size[1], size[0]
@@ -639,7 +639,7 @@ def _capped(count: int, limit: int | None, seed: int, row_id: str) -> list[int]:
 def _verify_sizes(rows: Sequence[dict]) -> None:
     problems = []
     for row in tqdm(rows, desc="Checking images", disable=len(rows) < PROGRESS_MIN_FILES):
-        size, problem = _checked_size(Path(row["image"]))
+        size, problem = checked_size(Path(row["image"]))
         if problem is None and size != (row["width"], row["height"]):
             problem = (
                 f"Image {row['image']} is {size[0]}x{size[1]} but the JSON says {row['width']}x{row['height']} "

@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from .decoding import SegmentationDecoder
 from .loaders import segmentation_features
+from .objects import ObjectDecoder
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -55,10 +56,7 @@ def binary_samples(
     object differs from the background in hue and texture scale but not much in brightness, a mild camouflage;
     `appearance` (an `Appearance` or a `SYNTHETIC_DOMAINS` name) sets the colours and textures.
     """
-    if isinstance(appearance, str):
-        if appearance not in SYNTHETIC_DOMAINS:
-            raise ValueError(f"Unknown synthetic domain {appearance!r}; expected one of {sorted(SYNTHETIC_DOMAINS)}.")
-        appearance = SYNTHETIC_DOMAINS[appearance]
+    appearance = _appearance(appearance)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     images = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -130,6 +128,47 @@ def multiclass_samples(
     return images, labels
 
 
+def instance_samples(
+    count: int, size: int = 128, seed: int = 0, max_objects: int = 4, appearance: Appearance | str = "camouflage"
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` RGB images with 1..`max_objects` textured objects each (ellipses, rectangles and triangles of one
+    `appearance` on its background, as `binary_samples` draws one), and their instance label maps.
+
+    Later objects cover earlier ones; an object left with fewer than 16 pixels is erased, so every id present is a
+    visible object. Returns images (count, size, size, 3) uint8 and labels (count, size, size) uint8 with
+    0 = background and ids 1..n numbering each image's objects in drawing order (ids of covered objects skipped).
+    """
+    appearance = _appearance(appearance)
+    if not 1 <= max_objects <= 255:
+        raise ValueError(f"max_objects must be in 1..255 (8-bit label maps), got {max_objects}.")
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), dtype=np.uint8)
+    labels = np.zeros((count, size, size), dtype=np.uint8)
+    for n in range(count):
+        background = _smooth_noise(rng, size, appearance.background_cells)[..., None]
+        image = background * rng.uniform(*appearance.background_tint, size=3)
+        for object_id in range(1, int(rng.integers(1, max_objects + 1)) + 1):
+            region = _object_region(rng, size, int(rng.integers(0, 3)))
+            texture = _smooth_noise(rng, size, appearance.object_cells)[..., None]
+            texture = texture * rng.uniform(*appearance.object_tint, size=3) + appearance.object_offset
+            image = np.where(region[..., None], texture, image)
+            labels[n][region] = object_id
+        for object_id in np.unique(labels[n])[1:]:
+            if (labels[n] == object_id).sum() < 16:
+                labels[n][labels[n] == object_id] = 0
+        image = image + rng.normal(0, 0.03, (size, size, 3))
+        images[n] = np.clip(image * 255, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _appearance(appearance: Appearance | str) -> Appearance:
+    if isinstance(appearance, Appearance):
+        return appearance
+    if appearance not in SYNTHETIC_DOMAINS:
+        raise ValueError(f"Unknown synthetic domain {appearance!r}; expected one of {sorted(SYNTHETIC_DOMAINS)}.")
+    return SYNTHETIC_DOMAINS[appearance]
+
+
 def _as_dataset(
     images: np.ndarray, targets: np.ndarray, target: str, split: str, decoder: SegmentationDecoder
 ) -> Dataset:
@@ -160,3 +199,18 @@ def multiclass_dataset(
     """`multiclass_samples` as a `datasets.Dataset` with the columns `image`, `label` (class ids), `id`."""
     images, labels = multiclass_samples(count, size, num_labels, seed)
     return _as_dataset(images, labels, "label", split, SegmentationDecoder(target="label", num_labels=num_labels))
+
+
+def instance_dataset(
+    count: int,
+    size: int = 128,
+    seed: int = 0,
+    split: str = "train",
+    max_objects: int = 4,
+    appearance: Appearance | str = "camouflage",
+) -> Dataset:
+    """`instance_samples` as an object dataset, like `load_folder(..., objects="instance")`'s splits: columns
+    `image`, `mask` (the label map), `id`, decoded by an `ObjectDecoder` into each image's object masks (for
+    `prepare_objects_for_sam` and prompted fine-tuning)."""
+    images, labels = instance_samples(count, size, seed, max_objects, appearance)
+    return _as_dataset(images, labels, "mask", split, ObjectDecoder(objects="instance"))

@@ -209,8 +209,9 @@ class InteractiveMetrics:
 
         Returns:
             `num_objects`; `miou_box` and `mdice_box` (only if box IoUs were given); `miou@k` and `mdice@k` for
-            k = 1..max_clicks; `noc@T` (float) and `nof@T` (int) for every threshold (T as in `threshold_name`);
-            `iou_curve` and `dice_curve`, lists of max_clicks floats.
+            k = 1..max_clicks; `miou_clicks`, their mean over k (the area under the IoU-vs-clicks curve, per
+            click); `noc@T` (float) and `nof@T` (int) for every threshold (T as in `threshold_name`); `iou_curve`
+            and `dice_curve`, lists of max_clicks floats.
 
         Raises:
             ValueError: if no object was added.
@@ -223,6 +224,7 @@ class InteractiveMetrics:
             results["miou_box"], results["mdice_box"] = (self._box_sums / self.num_boxes).tolist()
         results.update({f"miou@{k}": value for k, value in enumerate(iou_curve, start=1)})
         results.update({f"mdice@{k}": value for k, value in enumerate(dice_curve, start=1)})
+        results["miou_clicks"] = sum(iou_curve) / len(iou_curve)
         nocs = (self._noc_sums / self.num_objects).tolist()
         for threshold, noc, failures in zip(self.thresholds, nocs, self._failures.tolist(), strict=True):
             results[f"noc@{threshold_name(threshold)}"] = noc

@@ -193,14 +193,30 @@ def init_vision_weights_(model: nn.Module, std: float = 0.02) -> nn.Module:
     return model
 
 
+def init_positional_encoding_(model: nn.Module) -> nn.Module:
+    """Draws SAM's random Fourier position encoding (the Gaussian matrix shared by the image and the prompt
+    encoders) from N(0, 1), in place, as SAM's `PositionEmbeddingRandom` (scale 1) does and as the released
+    checkpoints hold it. transformers initialises SAM's with a standard deviation of `hidden_size // 2` (16 for the
+    tiny model, 128 for the released sizes): sines of such frequencies vary from pixel to pixel, so points and boxes
+    can hardly be told apart. SAM 2 / SAM 3's encodings are drawn with scale 1 already and are left as they are.
+    Returns `model`.
+    """
+    encoding = getattr(model, "shared_image_embedding", None)
+    if isinstance(model, SamModel) and encoding is not None:
+        with torch.no_grad():
+            encoding.positional_embedding.normal_()
+    return model
+
+
 def random_sam(
     variant: str = "tiny",
     image_size: int | None = None,
     seed: int | None = 0,
     device: str | torch.device = "cpu",
 ) -> PreTrainedModel:
-    """A model of `variant` (`sam_config`) with random weights and a realistic vision-encoder initialisation: a
-    `SamModel`, a `Sam2Model` ("sam2-..." variants) or a `Sam3TrackerModel` ("sam3..." variants).
+    """A model of `variant` (`sam_config`) with random weights, a realistic vision-encoder initialisation and SAM's
+    position encoding at the released checkpoints' scale (`init_positional_encoding_`): a `SamModel`, a `Sam2Model`
+    ("sam2-..." variants) or a `Sam3TrackerModel` ("sam3..." variants).
 
     With `device="meta"` nothing is allocated (for parameter counting) and no initialisation runs.
     """
@@ -211,4 +227,5 @@ def random_sam(
         model = _MODEL_CLASSES[config.model_type](config)
     if torch.device(device).type != "meta":
         init_vision_weights_(model)
+        init_positional_encoding_(model)
     return model.eval()

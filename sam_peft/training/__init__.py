@@ -7,6 +7,7 @@ from .builders import (
     build_datasets,
     build_embedding_cache,
     build_model,
+    build_object_datasets,
     check_embedding_cache,
     ensure_random_base,
     load_data,
@@ -25,7 +26,8 @@ from .evaluation import default_metric, evaluate, is_better, model_inputs
 from .files import result_files
 from .interactive import evaluate_interactive
 from .loop import make_scheduler, optimizer_steps, recipe_accelerator, steps_per_epoch
-from .plots import save_overlays, save_training_curves
+from .plots import save_click_curves, save_overlays, save_training_curves
+from .prompted import InteractiveTraining, InteractiveTrainingConfig, PromptSeeds
 from .run_folder import LOGS_DIR, RunPlan, claim_output_dir, plan_run, run_config
 from .state import BEST_DIR, CheckpointError, CheckpointFolder, TrainingState
 
@@ -37,7 +39,10 @@ __all__ = [
     "CheckpointFolder",
     "DataArguments",
     "EmbeddingCache",
+    "InteractiveTraining",
+    "InteractiveTrainingConfig",
     "ModelArguments",
+    "PromptSeeds",
     "RunPlan",
     "SeededSamples",
     "TrainArguments",
@@ -45,6 +50,7 @@ __all__ = [
     "build_datasets",
     "build_embedding_cache",
     "build_model",
+    "build_object_datasets",
     "check_embedding_cache",
     "claim_output_dir",
     "default_metric",
@@ -66,6 +72,7 @@ __all__ = [
     "register_trainable_checkpointing",
     "result_files",
     "run_config",
+    "save_click_curves",
     "save_overlays",
     "save_trained",
     "save_training_curves",

@@ -19,14 +19,21 @@ from ..modeling.methods import METHODS, get_method, recipe_methods
 
 # the methods recipes/train.py trains (`sam_peft.modeling.methods` holds what each is)
 TRAINED_METHODS = recipe_methods()
+# what the recipe trains SAM for: prompt-free segmentation (the papers' setting, a task head instead of prompts) or
+# prompted segmentation (SAM's own decoder answering boxes and clicks)
+TASKS = ("prompt_free", "prompted")
 # learning-rate schedules, by name: transformers' scheduler of each (`sam_peft.training.make_scheduler`)
 SCHEDULES = {"polynomial": "polynomial", "cosine": "cosine", "constant": "constant_with_warmup"}
 # Accelerate's mixed precision settings
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # metrics for which lower is better; every other metric is "higher is better"
-LOWER_IS_BETTER = frozenset({"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss"})
+LOWER_IS_BETTER = frozenset(
+    {"mae", "ber", "shadow_error", "non_shadow_error", "mber", "loss", "noc@85", "noc@90", "nof@85", "nof@90"}
+)
+# how image_dir + mask_dir masks become objects for task: prompted (`sam_peft.data.load_folder(objects=...)`)
+OBJECT_MODES = ("image", "components", "instance")
 # the data sources, each named by its keys; data_dir completes a benchmark, the columns a Hub dataset
-DATA_SOURCES = (("benchmark",), ("image_dir", "mask_dir"), ("hub_dataset",))
+DATA_SOURCES = (("benchmark",), ("image_dir", "mask_dir", "coco_annotations"), ("hub_dataset",))
 DATA_SOURCE_KEYS = frozenset(key for keys in DATA_SOURCES for key in keys)
 # what a data source given on the command line replaces of the YAML's
 DATA_SOURCE_GROUP = DATA_SOURCE_KEYS | {"data_dir", "image_column", "target_column"}
@@ -89,6 +96,10 @@ class ModelArguments:
         metadata={"help": "Create a random SAM of this variant (tiny, vit-b, ...) at base_model if it is absent."},
     )
     method: str = field(default="conv_lora", metadata={"help": f"One of {TRAINED_METHODS}."})
+    task: str = field(
+        default="prompt_free",
+        metadata={"help": "prompt_free (a task head, the papers' setting) or prompted (boxes and clicks)."},
+    )
     num_labels: int = field(default=1, metadata={"help": "1 for binary tasks, K for K classes."})
     num_mask_tokens: int | None = field(default=None, metadata={"help": "Mask tokens of a multi-class model."})
     semantic_loss: str = field(
@@ -107,6 +118,12 @@ class ModelArguments:
     def __post_init__(self) -> None:
         check_field_types(self)
         get_method(self.method)  # an unknown method, or one of another recipe, is an error listing these
+        check_choice(self, "task", TASKS)
+        if self.task == "prompted" and self.num_labels != 1:
+            raise ValueError(
+                f"task: prompted segments one object per prompt (num_labels 1), got num_labels={self.num_labels}; "
+                "multi-class segmentation is task: prompt_free."
+            )
         _check_at_least(self, 1, "num_labels", "r", "num_experts", "cad_image_size")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be between 1 and num_experts ({self.num_experts}), got {self.top_k}")
@@ -139,6 +156,20 @@ class DataArguments:
     synthetic_appearance: str = field(
         default="camouflage", metadata={"help": "Synthetic binary data: a sam_peft.data.SYNTHETIC_DOMAINS name."}
     )
+    objects: str = field(
+        default="components",
+        metadata={
+            "help": "task prompted, image_dir + mask_dir: the objects of a mask: image (its foreground), components "
+            "(each connected component) or instance (label images, one id per object)."
+        },
+    )
+    coco_annotations: str | None = field(
+        default=None, metadata={"help": "task prompted: a COCO annotations JSON of the images in image_dir."}
+    )
+    max_objects: int | None = field(
+        default=16, metadata={"help": "task prompted: objects per image and batch (drawn anew each epoch)."}
+    )
+    min_object_area: int = field(default=0, metadata={"help": "task prompted: drop objects of fewer pixels."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
@@ -176,7 +207,13 @@ class DataArguments:
             raise ValueError(f"hflip must be in [0, 1], got {self.hflip}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        _check_at_least(self, 0, "num_workers")
+        check_choice(self, "objects", OBJECT_MODES)
+        if self.coco_annotations is not None and (self.image_dir is None or self.mask_dir is not None):
+            raise ValueError(
+                "coco_annotations names the objects of the images in image_dir: give image_dir, and no mask_dir."
+            )
+        _check_at_least(self, 0, "num_workers", "min_object_area")
+        _check_at_least(self, 1, "max_objects")
         names = ("image_size", "synthetic_train_size", "synthetic_eval_size", "max_train_samples", "max_eval_samples")
         _check_at_least(self, 1, *names)
 
@@ -211,6 +248,21 @@ class TrainArguments:
         default=None, metadata={"help": "Selects the best epoch; default iou (binary) or mean_iou (multi-class)."}
     )
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    num_correction_clicks: int = field(
+        default=7, metadata={"help": "task prompted: corrective clicks after the first prompt, per batch."}
+    )
+    box_probability: float = field(
+        default=0.5, metadata={"help": "task prompted: chance that a batch starts from boxes rather than a point."}
+    )
+    box_jitter: int = field(
+        default=0, metadata={"help": "task prompted: outward box jitter per side, pixels of the input (MedSAM: 20)."}
+    )
+    focal_weight: float = field(default=20.0, metadata={"help": "task prompted: weight of the focal loss (SAM: 20)."})
+    dice_weight: float = field(default=1.0, metadata={"help": "task prompted: weight of the dice loss (SAM: 1)."})
+    iou_weight: float = field(default=1.0, metadata={"help": "task prompted: weight of the IoU head's MSE (SAM: 1)."})
+    eval_max_clicks: int = field(
+        default=20, metadata={"help": "task prompted: clicks per object in the interactive evaluation (SAM: 20)."}
+    )
     report_to: str | None = field(default="tensorboard", metadata={"help": "Accelerate tracker, if installed."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload adapter, card and metrics at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for push_to_hub."})
@@ -227,7 +279,10 @@ class TrainArguments:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm} (use null to disable clipping)")
-        _check_at_least(self, 0, "weight_decay", "warmup_steps")
+        _check_at_least(self, 0, "weight_decay", "warmup_steps", "num_correction_clicks", "box_jitter")
+        _check_at_least(self, 1, "eval_max_clicks")
+        if not 0 <= self.box_probability <= 1:
+            raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
         names = ("num_epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "eval_every_epochs")
         _check_at_least(self, 1, *names, "checkpoint_every_steps")
 
@@ -344,6 +399,38 @@ def parse_config(
     return instances, structured
 
 
+# Keys that apply to one task only, by task: setting one (to other than its default) for the other task is an error.
+TASK_KEYS = {
+    "prompted": (
+        "objects",
+        "coco_annotations",
+        "max_objects",
+        "min_object_area",
+        "num_correction_clicks",
+        "box_probability",
+        "box_jitter",
+        "focal_weight",
+        "dice_weight",
+        "iou_weight",
+        "eval_max_clicks",
+    ),
+    "prompt_free": ("num_mask_tokens", "semantic_loss", "cache_embeddings"),
+}
+
+
+def check_task_keys(*instances: Any) -> None:
+    """Raises ValueError naming the keys of the other task that the arguments set (to other than their defaults)."""
+    values = {f.name: (getattr(i, f.name), f.default) for i in instances for f in fields(i) if f.init}
+    task = values["task"][0]
+    for other, keys in TASK_KEYS.items():
+        changed = [key for key in keys if values[key][0] != values[key][1]]
+        if other != task and changed:
+            raise ValueError(
+                f"{', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'} to task: {other}, and this run "
+                f"is task: {task}. Remove {'it' if len(changed) == 1 else 'them'}, or set task: {other}."
+            )
+
+
 def parse_args(
     argv: list[str] | None = None, description: str | None = None, usage: str | None = None
 ) -> tuple[ModelArguments, DataArguments, TrainArguments]:
@@ -362,6 +449,7 @@ def parse_args(
     (model_args, data_args, train_args), _ = parse_config(
         ARGUMENT_CLASSES, argv, replaced_together=(source,), description=description, usage=usage
     )
+    check_task_keys(model_args, data_args, train_args)
     if data_args.cache_embeddings and not METHODS[model_args.method].frozen_encoder:
         frozen = [name for name in TRAINED_METHODS if METHODS[name].frozen_encoder]
         raise ValueError(

@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 
 from ..data import (
     binary_dataset,
+    instance_dataset,
     load_benchmark,
     load_folder,
     load_hub,
@@ -20,9 +21,12 @@ from ..data import (
     prepare_for_sam,
     verify_dataset,
 )
+from ..data.objects import load_coco
 from ..data.preprocessing import Augmentation
+from ..data.prompted import prepare_objects_for_sam
 from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, input_image_size, random_sam
 from ..modeling.methods import get_method
+from ..modeling.prompted import promptable_class
 from .arguments import DataArguments, ModelArguments
 from .embedding_cache import EmbeddingCache, frozen_vision_encoder
 
@@ -45,6 +49,8 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
         ValueError: for `num_mask_tokens` (other than 1) on a binary task, whatever the generation.
     """
     model_type = PretrainedConfig.get_config_dict(args.base_model)[0].get("model_type")
+    if args.task == "prompted":
+        return build_prompted_model(args, model_type)
     # any other checkpoint is refused by SamForSemanticSegmentation, with the reason
     model_class = PROMPT_FREE_CLASSES.get(model_type, SamForSemanticSegmentation)
     if args.num_labels == 1 and args.num_mask_tokens not in (None, 1):
@@ -63,6 +69,31 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = get_method(args.method).build(args, model)
     return model.freeze_encoders() if config is None else get_peft_model(model, config)
+
+
+# The promptable model's part that prompted fine-tuning trains beside the method's adapter: SAM's mask decoder,
+# its IoU head included.
+PROMPTED_TRAINED_MODULE = "mask_decoder"
+
+
+def build_prompted_model(args: ModelArguments, model_type: str) -> torch.nn.Module:
+    """The promptable model of `args.base_model` (`SamModel`, `Sam2Model` or `Sam3TrackerModel`) for prompted
+    fine-tuning: the method's adapter plus SAM's mask decoder (and IoU head) trained in full, the prompt encoder
+    frozen; for decoder_only, the mask decoder alone.
+
+    Raises:
+        ValueError: for a checkpoint type without a promptable class here (`promptable_class`).
+    """
+    model = promptable_class(model_type).from_pretrained(args.base_model)
+    if args.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = get_method(args.method).build(args, model)
+    if config is None:
+        model.requires_grad_(False)
+        getattr(model, PROMPTED_TRAINED_MODULE).requires_grad_(True)
+        return model
+    config.modules_to_save = sorted({*(config.modules_to_save or ()), PROMPTED_TRAINED_MODULE})
+    return get_peft_model(model, config)
 
 
 def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
@@ -94,6 +125,58 @@ def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
     raise ValueError("No data: set benchmark (and data_dir), image_dir and mask_dir, or hub_dataset.")
 
 
+def load_object_data(args: DataArguments, seed: int) -> DatasetDict:
+    """The raw object splits of prompted fine-tuning (rows decoded by an `ObjectDecoder`: `image`, `masks`,
+    `objects`, `id`): generated instance images (`benchmark: synthetic`), image and mask folders (`objects`: how a
+    mask becomes objects), or a COCO annotation file of the images in `image_dir`.
+
+    Raises:
+        ValueError: for a benchmark or Hub dataset (semantic masks, no objects), naming the sources that work.
+    """
+    if args.benchmark == "synthetic":
+        look = {"appearance": args.synthetic_appearance}
+        train = instance_dataset(args.synthetic_train_size, seed=seed, split="train", **look)
+        evaluation = instance_dataset(args.synthetic_eval_size, seed=seed + 1, split=args.eval_split, **look)
+        return DatasetDict({"train": train, args.eval_split: evaluation})
+    fraction = {"validation_fraction": args.validation_fraction, "min_area": args.min_object_area}
+    if args.coco_annotations is not None:
+        return load_coco(args.image_dir, args.coco_annotations, verify=True, **fraction)  # its images checked
+    if args.image_dir is not None and args.mask_dir is not None:
+        return load_folder(args.image_dir, args.mask_dir, objects=args.objects, **fraction)
+    raise ValueError(
+        "task: prompted reads objects from image_dir and mask_dir (objects: image, components or instance), from "
+        "image_dir and coco_annotations, or from benchmark: synthetic; benchmarks and Hub datasets are loaded for "
+        "task: prompt_free."
+    )
+
+
+def select_splits(data: DatasetDict, args: DataArguments) -> DatasetDict:
+    """`train` and the evaluation split of `data`, each cut to `max_train_samples` / `max_eval_samples`.
+
+    Raises:
+        ValueError: for a missing split.
+    """
+    for split, limit in (("train", args.max_train_samples), (args.eval_split, args.max_eval_samples)):
+        if split not in data:
+            raise ValueError(f"The data has no {split!r} split; it has {sorted(data)}.")
+        if limit is not None:
+            data[split] = data[split].select(range(min(limit, len(data[split]))))
+    return DatasetDict({"train": data["train"], args.eval_split: data[args.eval_split]})
+
+
+def build_object_datasets(args: DataArguments, image_size: int, seed: int) -> tuple[DatasetDict, DatasetDict]:
+    """The training and evaluation splits of prompted fine-tuning, raw (`load_object_data`) and with SAM's lazy
+    object preprocessing (`prepare_objects_for_sam`: flips on `train`, at most `max_objects` objects per image,
+    drawn anew at each read on `train`, fixed by `seed` on the evaluation split). Folder files are checked first,
+    as `build_datasets` does."""
+    data = select_splits(load_object_data(args, seed), args)
+    verify_data_files(args, data)
+    prepared = prepare_objects_for_sam(
+        data, image_size, augmentation=Augmentation(hflip=args.hflip), max_objects=args.max_objects, seed=seed
+    )
+    return data, prepared
+
+
 def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: int) -> tuple[DatasetDict, DatasetDict]:
     """The training and evaluation splits, raw (decoded images and masks) and with SAM's lazy preprocessing
     (flip augmentation on `train`).
@@ -109,13 +192,7 @@ def build_datasets(args: DataArguments, num_labels: int, image_size: int, seed: 
         DataFileError: one error listing every bad file with its reason (the first 20, then how many more), with
             no chained traceback.
     """
-    data = load_data(args, num_labels, seed)
-    for split, limit in (("train", args.max_train_samples), (args.eval_split, args.max_eval_samples)):
-        if split not in data:
-            raise ValueError(f"The data has no {split!r} split; it has {sorted(data)}.")
-        if limit is not None:
-            data[split] = data[split].select(range(min(limit, len(data[split]))))
-    data = DatasetDict({"train": data["train"], args.eval_split: data[args.eval_split]})
+    data = select_splits(load_data(args, num_labels, seed), args)
     verify_data_files(args, data)
     return data, prepare_for_sam(data, image_size, augmentation=Augmentation(hflip=args.hflip))
 
@@ -127,7 +204,7 @@ def verify_data_files(args: DataArguments, data: Dataset | DatasetDict) -> None:
     Raises:
         DataFileError: one error listing every bad file with its reason.
     """
-    if args.benchmark not in (None, "synthetic") or args.image_dir is not None:
+    if args.coco_annotations is None and (args.benchmark not in (None, "synthetic") or args.image_dir is not None):
         verify_dataset(data, desc="Checking data files")
 
 

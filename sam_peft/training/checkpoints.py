@@ -113,18 +113,22 @@ def load_trained(
 
 
 def register_trainable_checkpointing(accelerator, model: torch.nn.Module) -> None:
-    """Makes `accelerator.save_state` store only the trained weights (plus optimiser, scheduler and RNG states),
-    and `load_state` restore them: the frozen base model stays out of every checkpoint."""
+    """Makes `accelerator.save_state` store only the trained weights of `model` (plus optimiser, scheduler and RNG
+    states), and `load_state` restore them: the frozen base model stays out of every checkpoint.
+
+    `model` is the model being trained (not unwrapped by Accelerate): the one prepared, or the model inside the
+    module that was prepared (prompted fine-tuning prepares `InteractiveTraining`, which holds it); its weights are
+    saved as `save_trained` writes them, so a checkpoint's weights load like a finished run's.
+    """
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            for unwrapped in models:
-                save_trained(accelerator.unwrap_model(unwrapped), output_dir)
-        weights.clear()
+            save_trained(model, output_dir)
+        weights.clear()  # (`models` is the accelerator's own list: left as it is)
 
     def load_hook(models, input_dir):
-        while models:
-            load_trained_weights(accelerator.unwrap_model(models.pop()), input_dir)
+        models.clear()  # (a list of this call's: nothing else loads model weights)
+        load_trained_weights(model, input_dir)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

@@ -14,8 +14,11 @@ from .arguments import LOWER_IS_BETTER
 from .embedding_cache import EmbeddingCache
 
 
-def default_metric(num_labels: int) -> str:
-    """The metric that selects the best epoch when the config names none."""
+def default_metric(num_labels: int, task: str = "prompt_free") -> str:
+    """The metric that selects the best epoch when the config names none: for prompted fine-tuning the mean IoU
+    over the evaluation's clicks (`miou_clicks`, the area under the IoU-vs-clicks curve per click)."""
+    if task == "prompted":
+        return "miou_clicks"
     return "iou" if num_labels == 1 else "mean_iou"
 
 

@@ -51,7 +51,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _image_inputs(
+def image_inputs(
     model: torch.nn.Module, pixel_values: Tensor, image_index: Tensor, accelerator: Accelerator | None
 ) -> dict[str, Any]:
     """The image inputs of each object's forward, `(N, ...)`: its image's embedding, computed once for the batch
@@ -67,7 +67,14 @@ def _image_inputs(
     return {"image_embeddings": [level[image_index] for level in embeddings]}
 
 
-def _upsampled(low_res: Tensor, size: tuple[int, int]) -> Tensor:
+def _rows(encoded: dict[str, Any], index: Tensor) -> dict[str, Any]:
+    """The rows `index` of every image input of `image_inputs` (each level of a list of feature levels)."""
+    return {
+        key: value[index] if isinstance(value, Tensor) else [v[index] for v in value] for key, value in encoded.items()
+    }
+
+
+def upsampled_prediction(low_res: Tensor, size: tuple[int, int]) -> Tensor:
     """`(N, h, w)` logits -> `(N, S, S)` bool prediction (bilinear, threshold 0)."""
     return F.interpolate(low_res[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0] > 0
 
@@ -86,7 +93,7 @@ def _object_ious(
     targets = targets & valid
 
     def iou(low_res: Tensor) -> tuple[Tensor, Tensor]:
-        prediction = _upsampled(low_res, size) & valid
+        prediction = upsampled_prediction(low_res, size) & valid
         return prediction, mask_iou(prediction, targets)
 
     outputs = model(**image_inputs, input_boxes=boxes[:, None], multimask_output=False)
@@ -123,6 +130,7 @@ def evaluate_interactive(
     thresholds: Sequence[float] = INTERACTIVE_THRESHOLDS,
     accelerator: Accelerator | None = None,
     progress: bool = True,
+    objects_per_forward: int | None = 64,
 ) -> dict[str, Any]:
     """Box and click-by-click evaluation of a prompted SAM over the objects of `dataloader` (see the module's
     docstring for the protocol).
@@ -138,6 +146,9 @@ def evaluate_interactive(
         thresholds: the IoUs of NoC / NoF.
         accelerator: gathers every process's rows (each image counted once); None: one process, the model's device.
         progress: show a progress bar (on the local main process).
+        objects_per_forward: the batch's objects go through the prompted calls this many at a time (each with its
+            own masks and logits at the input size: COCO images hold up to hundreds of objects); the image
+            embeddings are still computed once per batch. None: all at once. The results do not depend on it.
 
     Returns:
         `InteractiveMetrics.compute()`'s dict: `num_objects`, `miou_box`, `mdice_box`, `miou@k` / `mdice@k` for
@@ -156,11 +167,19 @@ def evaluate_interactive(
         rows = torch.full((*present.shape, max_clicks + 1), math.nan, dtype=torch.float64, device=device)
         if present.any():
             image_index = present.nonzero()[:, 0]
-            boxes = object_boxes(objects)  # tight boxes inside the valid pixels, no jitter
-            inputs = _image_inputs(model, batch["pixel_values"].to(device), image_index, accelerator)
-            ious, box_iou = _object_ious(
-                model, inputs, masks[present], valid[image_index], boxes[present].to(device), max_clicks
-            )
+            boxes = object_boxes(objects)[present].to(device)  # tight boxes inside the valid pixels, no jitter
+            images = torch.arange(len(masks), device=device)
+            encoded = image_inputs(model, batch["pixel_values"].to(device), images, accelerator)  # once per batch
+            chunk = objects_per_forward or len(image_index)
+            found = []
+            for start in range(0, len(image_index), chunk):
+                part = slice(start, start + chunk)
+                inputs = _rows(encoded, image_index[part])
+                objects_masks = masks[present][part]
+                found.append(
+                    _object_ious(model, inputs, objects_masks, valid[image_index[part]], boxes[part], max_clicks)
+                )
+            ious, box_iou = (torch.cat(values) for values in zip(*found, strict=True))
             rows[present] = torch.cat([ious, box_iou[:, None]], dim=1).to(rows)
         if accelerator is not None:
             rows = accelerator.pad_across_processes(rows, dim=1, pad_index=math.nan)

@@ -46,7 +46,7 @@ def save_training_curves(
     path: str | os.PathLike, train_log: Sequence[dict], eval_log: Sequence[dict], metric: str
 ) -> None:
     """Training task loss (auxiliary losses left out) per optimiser step beside the evaluation `metric` and
-    loss per epoch, as one PNG."""
+    loss per epoch (when the evaluation has a loss: the interactive one has none), as one PNG."""
     panels = [
         _panel(
             "training task loss / step",
@@ -55,8 +55,10 @@ def save_training_curves(
             (31, 119, 180),
         ),
         _panel(f"eval {metric} / epoch", [r["epoch"] for r in eval_log], [r[metric] for r in eval_log], (44, 160, 44)),
-        _panel("eval loss / epoch", [r["epoch"] for r in eval_log], [r["loss"] for r in eval_log], (214, 39, 40)),
     ]
+    if all("loss" in r for r in eval_log):
+        losses = [r["loss"] for r in eval_log]
+        panels.append(_panel("eval loss / epoch", [r["epoch"] for r in eval_log], losses, (214, 39, 40)))
     figure = Image.new("RGB", (PANEL[0] * len(panels), PANEL[1]), "white")
     for index, panel in enumerate(panels):
         figure.paste(panel, (index * PANEL[0], 0))
