@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from peft import PeftModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -268,6 +269,7 @@ def main() -> None:
             hyperparameters=_hyperparameters(model_args, train_args),
             trainable_parameters=sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
             base_class=type(getattr(unwrapped, "get_base_model", lambda: unwrapped)()).__name__,
+            peft_adapter=isinstance(unwrapped, PeftModel),
             **card_extra,
         )
         split = data_args.eval_split

@@ -84,6 +84,7 @@ def adapter_model_card(
     num_mask_tokens: int | None = None,
     baseline: Mapping[str, float] | None = None,
     figure: tuple[str, str] | None = None,
+    peft_adapter: bool = True,
 ) -> ModelCard:
     """Render the card of an adapter: metadata (`library_name: peft`, `base_model`, `model-index` built from
     `metrics`), a usage snippet, the metrics table, the hyperparameters and the method.
@@ -93,7 +94,9 @@ def adapter_model_card(
     `Sam2ForSemanticSegmentation`, `Sam3TrackerForSemanticSegmentation`; `num_labels` and a non-default
     `num_mask_tokens` go into the snippet), or transformers' `SamModel` / `SamHQModel` / `Sam2Model` (prompted).
     `baseline` (the base model's values of the same metrics) adds a column beside `metrics`; `figure`, a
-    `(file name, caption)` of a picture stored beside the card, is shown under the table.
+    `(file name, caption)` of a picture stored beside the card, is shown under the table. `peft_adapter=False`
+    (decoder-only training and other runs that store weights of the base model, not an adapter) gives the snippet
+    that loads the run with `sam_peft.training.load_trained`.
     """
     method = method_of_peft_type(peft_type)
     method_name = peft_type if method is None else method.title
@@ -147,6 +150,7 @@ def adapter_model_card(
         baseline=dict(baseline or {}),
         figure=figure[0] if figure else None,
         figure_caption=figure[1] if figure else None,
+        peft_adapter=peft_adapter,
     )
 
 

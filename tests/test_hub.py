@@ -468,3 +468,37 @@ def test_plain_save_of_a_prompted_adapter_and_a_users_own_card(tmp_path):
     text = (tmp_path / "mine" / "README.md").read_text()
     assert "# My polyp adapter\n\nNotes." in text and "license: mit" in text
     assert text.count("## Loading with sam-peft") == 1 and "`import sam_peft` before" in text
+
+
+def test_card_of_a_run_without_adapter_loads_it_with_its_own_snippet(tmp_path):
+    """Decoder-only training stores weights of the base model, not a PEFT adapter: the card's snippet loads the run
+    with load_trained, and running it gives the trained model."""
+    import re
+
+    from sam_peft.training import ModelArguments, build_model, load_trained, save_trained, write_run_file
+
+    random_sam("tiny", seed=0).save_pretrained(tmp_path / "base")
+    args = ModelArguments(base_model=str(tmp_path / "base"), method="decoder_only")
+    model = build_model(args)
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(1.0)  # trained weights that differ from the base's
+    save_trained(model, tmp_path / "run")
+    write_run_file(tmp_path / "run", args, image_size=128, training={"epochs": 1, "steps": 1})
+    card = adapter_model_card(
+        base_model=args.base_model,
+        peft_type="DECODER_ONLY",
+        adapter_id=str(tmp_path / "run"),
+        trainable_parameters=7,
+        peft_adapter=False,
+    )
+    text = str(card)
+    assert "PeftModel" not in text and "fine-tune (sam-peft)" in text and "(7 parameters)" in text
+    snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    loaded = namespace["model"]
+    expected = load_trained(tmp_path / "run")
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).logits, expected(pixel_values=pixels).logits)
+    assert torch.equal(loaded.mask_decoder.iou_token.weight, model.mask_decoder.iou_token.weight)
