@@ -29,20 +29,17 @@ The last line printed is `cad/lora=<ratio> cad/sam_adapter=<ratio> decoder_only/
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from _common import run_record
+from _common import run_record, step_peak_memory
 from peft import LoraConfig, get_peft_model
 
 from sam_peft._registration import register_tuner
@@ -98,16 +95,6 @@ def refusal(method: str, variant: str) -> str | None:
     return None
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"{field}:\s+(\d+) kB", status.read()).group(1))
-
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def worker(method: str, args: argparse.Namespace) -> dict:
     """Build `method`'s model, warm up one step, measure the next; returns the measurement."""
     device = torch.device(args.device)
@@ -132,23 +119,8 @@ def worker(method: str, args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        resident = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        resident = _status_kib("VmRSS") * 1024
-        _reset_peak_rss()
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
-    seconds = time.perf_counter() - start
+    step()  # warm-up
+    resident, peak, seconds = step_peak_memory(step, device)
     if cache is not None:
         shutil.rmtree(cache.cache_dir)
     return {

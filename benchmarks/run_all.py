@@ -45,6 +45,7 @@ OUTPUT_TAIL = 4000  # characters of each run's stdout and stderr kept in summary
 # Reduced sizes for `--quick`, for the scripts that take them (a script missing here runs at its defaults).
 QUICK_ARGS = {
     "cache_speed": ["--images", "2", "--repeats", "1"],
+    "compare_methods": ["--quick"],
     "continual_overhead": ["--domains", "2", "--repeats", "3"],
     "conv_lora_cost": ["--image-size", "256", "--repeats", "3"],
     "memory": ["--image-size", "512"],

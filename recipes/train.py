@@ -1,4 +1,7 @@
-"""Fine-tune SAM for segmentation with Conv-LoRA, LoRA, CAD, SAM-Adapter or decoder-only training, with Accelerate.
+"""Fine-tune SAM for segmentation with any method of the registry, with Accelerate: Conv-LoRA, LoRA, CAD,
+SAM-Adapter, SLoRA, any of peft's own methods (`method: peft` with a `peft_config:` mapping), decoder-only
+training and partial fine-tuning of the encoder (bias_only, norm_only, attention_only, last_blocks, full);
+`sam_peft.modeling.methods.METHODS` says what each is.
 
     accelerate launch recipes/train.py recipes/configs/quickstart.yaml
     accelerate launch recipes/train.py recipes/configs/quickstart_prompted.yaml
@@ -39,7 +42,7 @@ from sam_peft.data import sam_collate_fn
 from sam_peft.data.prompted import sam_objects_collate_fn
 from sam_peft.hub import adapter_model_card, check_push_access, push_run
 from sam_peft.modeling import SamSemanticSegmentationOutput, input_image_size, post_process_semantic_segmentation
-from sam_peft.modeling.methods import METHODS
+from sam_peft.modeling.methods import METHODS, adapter_peft_type
 from sam_peft.training import (
     BEST_DIR,
     CheckpointFolder,
@@ -134,7 +137,7 @@ def main() -> None:
     check_embedding_cache(data_args, model, image_size)  # before the output folder is touched
     if prompted:
         raw, prepared = build_object_datasets(data_args, image_size, train_args.seed)
-        trained = InteractiveTraining(model, _interactive_config(model_args, train_args))
+        trained = InteractiveTraining(model, InteractiveTrainingConfig.from_arguments(model_args, train_args))
         train_split, collate_fn = PromptSeeds(prepared["train"]), sam_objects_collate_fn
     else:
         raw, prepared = build_datasets(data_args, model_args.num_labels, image_size, train_args.seed)
@@ -260,7 +263,7 @@ def main() -> None:
             card_extra = {}
         card = adapter_model_card(
             base_model=model_args.base_model,
-            peft_type=METHODS[model_args.method].peft_type,
+            peft_type=adapter_peft_type(model_args),
             adapter_id=train_args.hub_model_id or str(output_dir.resolve()),
             num_labels=model_args.num_labels,
             dataset_name=data_args.benchmark or data_args.hub_dataset or "custom",
@@ -297,13 +300,6 @@ def _summary(final: dict) -> dict:
 
 
 _LONG_ENTRIES = ("train_log", "iou_curve", "dice_curve")
-
-
-def _interactive_config(model_args, train_args) -> InteractiveTrainingConfig:
-    keys = ("num_correction_clicks", "box_probability", "box_jitter", "focal_weight", "dice_weight", "iou_weight")
-    return InteractiveTrainingConfig(
-        **{key: getattr(train_args, key) for key in keys}, moe_loss_weight=model_args.moe_loss_weight
-    )
 
 
 def _base_model(model):

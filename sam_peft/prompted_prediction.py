@@ -20,6 +20,8 @@ within `[0, width] x [0, height]`; they are scaled to the model's input frame th
 is ambiguous: the model answers it with its three masks and the one with the highest predicted IoU is kept (SAM's
 protocol, Kirillov et al. 2023, section 7.1); every other prompt gets the model's single-mask answer. Each image is
 encoded once, and its prompts are decoded in groups of the same shape (padding a prompt would change its mask).
+The image encoder of an SLoRA model reads point prompts as a heat map (`sam_peft.tuners.slora`): it sees every
+positive point of the image's prompts, and the box centre of a prompt without positive points (a box alone).
 
 prompts.json
 ------------
@@ -87,6 +89,7 @@ from .training.checkpoints import read_run_file
 from .training.files import write_atomically
 from .training.interactive import image_inputs
 from .training.plots import label_colors, save_overlays
+from .tuners.slora.prompting import PADDING_LABEL, uses_prompt_heat_maps
 
 PROMPT_KEYS = ("box", "points", "labels", "id")
 PROMPTED_TASK = "prompted"
@@ -283,6 +286,36 @@ def _image_row(encoded: dict[str, Any], row: int) -> dict[str, Any]:
     }
 
 
+def _encoder_points(
+    model: torch.nn.Module, prompts: Sequence[Sequence[Prompt]], inputs: Mapping[str, Any], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The points whose heat map the image encoder of an SLoRA model sees, per image of the batch, `(B, 1, K, 2)`
+    in the model's input frame and `(B, 1, K)` labels (1, padding -10): every positive point of the image's
+    prompts, and the box centre of a prompt without positive points. (None, None) for other models."""
+    if not uses_prompt_heat_maps(model):
+        return None, None
+    per_image = []
+    for image_prompts, original, reshaped in zip(
+        prompts, inputs["original_sizes"].tolist(), inputs["reshaped_input_sizes"].tolist(), strict=True
+    ):
+        scale = (reshaped[1] / original[1], reshaped[0] / original[0])  # x by width, y by height, as _decode
+        points = []
+        for prompt in image_prompts:
+            positive = [point for point, label in zip(prompt.points, prompt.labels, strict=True) if label == 1]
+            if not positive and prompt.box is not None:
+                positive = [((prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2)]
+            points.extend((x * scale[0], y * scale[1]) for x, y in positive)
+        per_image.append(points)
+    width = max(1, *(len(points) for points in per_image))
+    encoder_points = torch.zeros(len(per_image), 1, width, 2)
+    encoder_labels = torch.full((len(per_image), 1, width), PADDING_LABEL, dtype=torch.long)
+    for row, points in enumerate(per_image):
+        if points:
+            encoder_points[row, 0, : len(points)] = torch.tensor(points, dtype=torch.float64).float()
+            encoder_labels[row, 0, : len(points)] = 1
+    return encoder_points.to(device), encoder_labels.to(device)
+
+
 def _decode(
     model: torch.nn.Module,
     processor,
@@ -389,8 +422,10 @@ def predict_prompted(
         batch = prompted[start : start + batch_size]
         inputs = processor(images=[pictures[index] for index in batch], return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
-        # each image encoded once, its embedding reused for all its prompts
-        encoded = image_inputs(model, pixel_values, torch.arange(len(batch), device=parameter.device), None)
+        # each image encoded once, its embedding reused for all its prompts (an SLoRA encoder sees their points)
+        encoder_points = _encoder_points(model, [checked[index] for index in batch], inputs, parameter.device)
+        images = torch.arange(len(batch), device=parameter.device)
+        encoded = image_inputs(model, pixel_values, images, None, *encoder_points)
         for row, index in enumerate(batch):
             results[index] = _decode(
                 model,

@@ -30,7 +30,8 @@ def test_one_config_per_method_and_dataset():
     expected = {f"{method}_{dataset}" for method in CONV_LORA_METHODS for dataset in DATASETS}
     assert {path.stem for path in PAPER} == expected
     assert {path.stem for path in CAD} == {f"cad_{dataset}" for dataset in CAD_DATASETS}
-    assert set(TRAINED_METHODS) == {*CONV_LORA_METHODS, "cad", "sam_adapter"}
+    partial = {"bias_only", "norm_only", "attention_only", "last_blocks", "full"}
+    assert set(TRAINED_METHODS) == {*CONV_LORA_METHODS, "cad", "sam_adapter", "slora", "peft", *partial}
     assert {path.stem for path in ALL} == {path.stem for path in PAPER + CAD} | {"quickstart", "quickstart_prompted"}
 
 

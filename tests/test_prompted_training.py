@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from prompted_checks import train_prompted
 from torch import nn
 
 from sam_peft.data import instance_dataset
@@ -189,16 +190,8 @@ def test_a_few_steps_of_prompted_training_lower_the_loss(variant, method, tmp_pa
         prepared = PromptSeeds(prepare_objects_for_sam(instance_dataset(2, seed=0), size, augmentation=None))
         data = sam_objects_collate_fn([prepared[i] for i in range(2)])
     training = InteractiveTraining(model, InteractiveTrainingConfig(num_correction_clicks=2, box_probability=0.5))
-    optimizer = torch.optim.AdamW([p for p in training.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(10):
-        step = training(**data)
-        step["loss"].backward()
-        # every trained weight gets a gradient (several processes need it; SAM 2 / SAM 3: the object-score head)
-        assert all(p.grad is not None for p in optimizer.param_groups[0]["params"])
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(step["loss"].item())
+    losses = train_prompted(training, data, steps=10)
+    step = training.last_step
     assert losses[-1] < losses[0], losses
     if method == "conv_lora":  # the balance loss is part of what is optimised
         torch.testing.assert_close(step["auxiliary_loss"], auxiliary_loss(model).detach())

@@ -15,7 +15,7 @@ from typing import Any, get_args, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
-from ..modeling.methods import METHODS, get_method, recipe_methods
+from ..modeling.methods import METHODS, PEFT_TYPES, get_method, make_peft_config, recipe_methods
 
 # the methods recipes/train.py trains (`sam_peft.modeling.methods` holds what each is)
 TRAINED_METHODS = recipe_methods()
@@ -68,12 +68,16 @@ def check_field_types(instance: Any) -> None:
         setattr(instance, name, value)
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    """`a, b or c`."""
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
 def check_choice(instance: Any, name: str, choices: tuple[str, ...]) -> None:
     """Raises ValueError when the field `name` of `instance` is not one of `choices`."""
     value = getattr(instance, name)
     if value not in choices:
-        expected = ", ".join(choices[:-1]) + f" or {choices[-1]}"
-        raise ValueError(f"Unknown {name} {value!r}; expected {expected}.")
+        raise ValueError(f"Unknown {name} {value!r}; expected {_one_of(choices)}.")
 
 
 def _check_at_least(instance: Any, minimum: int, *names: str) -> None:
@@ -84,9 +88,32 @@ def _check_at_least(instance: Any, minimum: int, *names: str) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+class ConfigFileOnly(argparse.Action):
+    """The command-line action of a field that only the YAML config file sets (a mapping, such as `peft_config`):
+    given on the command line, it is an error naming the field (put `"action": ConfigFileOnly` in its metadata)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise ValueError(
+            f"{self.dest} is a mapping of the YAML config file; it cannot be given on the command line "
+            f"({option_string})."
+        )
+
+
+def _users(argument: str) -> tuple[str, ...]:
+    """The recipe's methods that take the model argument `argument` (list it among their hyperparameters)."""
+    return tuple(name for name in TRAINED_METHODS if argument in METHODS[name].hyperparameters)
+
+
+# Model arguments that only some methods take (None for the others): each method lists those it takes among its
+# `hyperparameters`, and those it needs among its `required` (`sam_peft.modeling.methods`).
+METHOD_ARGUMENTS = ("peft_config", "last_blocks")
+
+
 @dataclass
 class ModelArguments:
-    """The base model and the fine-tuning method."""
+    """The base model and the fine-tuning method (`sam_peft.modeling.methods.METHODS`), with the method's arguments:
+    `peft_config` for peft's own methods (a mapping, from the YAML file only), `last_blocks` for last-blocks tuning
+    and to put LoRA or a peft adapter on the last blocks only."""
 
     base_model: str = field(
         default="facebook/sam-vit-base", metadata={"help": "SAM checkpoint: Hub id or local folder."}
@@ -113,6 +140,23 @@ class ModelArguments:
     moe_loss_weight: float = field(default=1.0, metadata={"help": "Weight of Conv-LoRA's balance loss."})
     cad_image_size: int = field(default=512, metadata={"help": "CAD: side of the adapter's input (paper: 512)."})
     cad_scale: float = field(default=0.1, metadata={"help": "CAD: factor of the adapter output (paper: 0.1)."})
+    peft_config: dict | None = field(
+        default=None,
+        metadata={
+            "help": "method peft, YAML only: a mapping of peft_type (one of "
+            f"{', '.join(PEFT_TYPES)}) and the fields of peft's config class of that type (r, use_dora, "
+            "target_modules, ...); targets default to the image encoder's attention projections.",
+            "action": ConfigFileOnly,
+            "nargs": "*",  # any use on the command line reaches the action's error
+        },
+    )
+    last_blocks: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Methods {', '.join(_users('last_blocks'))}: the last N image-encoder blocks only (last_blocks: "
+            "trained in full; lora, peft: the adapter's blocks)."
+        },
+    )
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute vision blocks in backward."})
 
     def __post_init__(self) -> None:
@@ -124,9 +168,33 @@ class ModelArguments:
                 f"task: prompted segments one object per prompt (num_labels 1), got num_labels={self.num_labels}; "
                 "multi-class segmentation is task: prompt_free."
             )
-        _check_at_least(self, 1, "num_labels", "r", "num_experts", "cad_image_size")
+        _check_at_least(self, 1, "num_labels", "r", "num_experts", "cad_image_size", "last_blocks")
+        self._check_method_arguments()
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be between 1 and num_experts ({self.num_experts}), got {self.top_k}")
+
+    def _check_method_arguments(self) -> None:
+        """Each of `METHOD_ARGUMENTS` is set for the methods that need it, and for those that take it only; the
+        `peft_config` mapping is checked against peft's config class of its type."""
+        method = METHODS[self.method]
+        for name in METHOD_ARGUMENTS:
+            if getattr(self, name) is None and name in method.required:
+                raise ValueError(f"method {self.method} needs {name}: {_METHOD_ARGUMENT_NEEDS[name]}")
+            if getattr(self, name) is not None and name not in method.hyperparameters:
+                raise ValueError(
+                    f"{name} applies to method {_one_of(_users(name))}; this run's method is {self.method}. "
+                    f"Remove {name}, or choose {'that method' if len(_users(name)) == 1 else 'one of those'}."
+                )
+        if self.peft_config is not None:
+            make_peft_config(self.peft_config)  # its peft_type and fields, before anything is built
+
+
+# what a method that needs each of METHOD_ARGUMENTS misses without it, in errors
+_METHOD_ARGUMENT_NEEDS = {
+    "peft_config": "a mapping in the YAML config file with a peft_type (one of "
+    f"{', '.join(PEFT_TYPES)}) and the fields of its peft config class, e.g. peft_config: {{peft_type: LORA, r: 8}}.",
+    "last_blocks": "how many of the image encoder's last blocks to train (last_blocks: N, N >= 1).",
+}
 
 
 @dataclass
@@ -344,7 +412,9 @@ def _command_line_values(
     parser.set_defaults(**defaults)
     hints = {name: hint for cls in classes for name, hint in get_type_hints(cls).items()}
     for action in parser._actions:  # argparse has no public list of its actions
-        if action.nargs is None and type(None) in get_args(hints.get(action.dest)):
+        if isinstance(action, ConfigFileOnly):
+            action.type = None  # the action says why, not a conversion error
+        elif action.nargs is None and type(None) in get_args(hints.get(action.dest)):
             action.type = _null_or(action.type)
     names = {f.name for cls in classes for f in fields(cls) if f.init}
     # options absent from argv keep the _UNSET of this namespace rather than getting their default
@@ -437,12 +507,15 @@ def parse_args(
     """The training recipe's `[config.yaml] [--key value ...]` (see `parse_config`). A data source given on the
     command line (benchmark, image_dir, mask_dir or hub_dataset) replaces the YAML's source, its data_dir and columns;
     `--data_dir` alone completes the YAML's benchmark. A local `base_model` folder (or one `random_base` creates)
-    becomes an absolute path.
+    becomes an absolute path. `peft_config` (method peft) is a mapping that only the YAML file gives; as a field of
+    `ModelArguments` it is recorded with the other model arguments (the run file that `load_trained` rebuilds the
+    model from, and the run's configuration that resuming compares).
 
     Raises:
         ValueError: naming any key of the YAML file that is not a field of the three dataclasses, a field of the
-            wrong type or out of range, two data sources, or `cache_embeddings` with a method that trains the
-            encoder.
+            wrong type or out of range, two data sources, a method without the arguments it needs (`peft_config`,
+            `last_blocks`) or with those of another method, a `peft_config` that peft's config class refuses, or
+            `cache_embeddings` with a method that trains the encoder.
         FileNotFoundError: when the YAML file does not exist.
     """
     source = (DATA_SOURCE_KEYS, DATA_SOURCE_GROUP)

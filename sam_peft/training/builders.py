@@ -25,7 +25,7 @@ from ..data.objects import load_coco
 from ..data.preprocessing import Augmentation
 from ..data.prompted import prepare_objects_for_sam
 from ..modeling import PROMPT_FREE_CLASSES, SamForSemanticSegmentation, input_image_size, random_sam
-from ..modeling.methods import get_method
+from ..modeling.methods import PartialTuning, get_method
 from ..modeling.prompted import promptable_class
 from .arguments import DataArguments, ModelArguments
 from .embedding_cache import EmbeddingCache, frozen_vision_encoder
@@ -41,12 +41,14 @@ def ensure_random_base(args: ModelArguments) -> None:
 def build_model(args: ModelArguments) -> torch.nn.Module:
     """The prompt-free model of `args.base_model`'s generation (`SamForSemanticSegmentation`,
     `Sam2ForSemanticSegmentation` or `Sam3TrackerForSemanticSegmentation`, binary or multi-class after
-    `args.num_labels`) with the method's trainable weights: a PEFT model with the method's adapter
-    (`sam_peft.modeling.methods`), whose mask decoder is trained in full, or, for decoder_only, the model with its
-    encoders frozen.
+    `args.num_labels`) with the method's trainable weights (`sam_peft.modeling.methods`): a PEFT model with the
+    method's adapter, whose mask decoder is trained in full, or, for the methods without an adapter (decoder_only,
+    bias_only, norm_only, attention_only, last_blocks, full), the model with only its mask decoder and the method's
+    own weights trainable.
 
     Raises:
-        ValueError: for `num_mask_tokens` (other than 1) on a binary task, whatever the generation.
+        ValueError: for `num_mask_tokens` (other than 1) on a binary task, whatever the generation; for a method
+            that cannot apply to the generation, with the reason.
     """
     model_type = PretrainedConfig.get_config_dict(args.base_model)[0].get("model_type")
     if args.task == "prompted":
@@ -67,19 +69,18 @@ def build_model(args: ModelArguments) -> torch.nn.Module:
     model = model_class.from_pretrained(args.base_model, **task)
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = get_method(args.method).build(args, model)
-    return model.freeze_encoders() if config is None else get_peft_model(model, config)
+    return _apply_method(args, model)
 
 
-# The promptable model's part that prompted fine-tuning trains beside the method's adapter: SAM's mask decoder,
-# its IoU head included.
-PROMPTED_TRAINED_MODULE = "mask_decoder"
+# The part of the model that every method trains in full beside its own weights: SAM's mask decoder (its IoU head
+# included; the prompt-free head's class branch too).
+TRAINED_MODULE = "mask_decoder"
 
 
 def build_prompted_model(args: ModelArguments, model_type: str) -> torch.nn.Module:
     """The promptable model of `args.base_model` (`SamModel`, `Sam2Model` or `Sam3TrackerModel`) for prompted
-    fine-tuning: the method's adapter plus SAM's mask decoder (and IoU head) trained in full, the prompt encoder
-    frozen; for decoder_only, the mask decoder alone.
+    fine-tuning: the method's adapter (or its own weights) plus SAM's mask decoder (and IoU head) trained in full,
+    the prompt encoder frozen; for decoder_only, the mask decoder alone.
 
     Raises:
         ValueError: for a checkpoint type without a promptable class here (`promptable_class`).
@@ -87,13 +88,36 @@ def build_prompted_model(args: ModelArguments, model_type: str) -> torch.nn.Modu
     model = promptable_class(model_type).from_pretrained(args.base_model)
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = get_method(args.method).build(args, model)
-    if config is None:
-        model.requires_grad_(False)
-        getattr(model, PROMPTED_TRAINED_MODULE).requires_grad_(True)
-        return model
-    config.modules_to_save = sorted({*(config.modules_to_save or ()), PROMPTED_TRAINED_MODULE})
-    return get_peft_model(model, config)
+    return _apply_method(args, model, train_decoder=True)
+
+
+def _apply_method(args: ModelArguments, model: torch.nn.Module, train_decoder: bool = False) -> torch.nn.Module:
+    """`model` with the trainable weights of `args.method`: wrapped with its adapter, or with every parameter frozen
+    but the mask decoder's and those the method trains. `train_decoder` adds the mask decoder to an adapter's
+    `modules_to_save` (a prompt-free model's tuners save it by default, `peft_default_modules_to_save`)."""
+    built = get_method(args.method).build(args, model)
+    if isinstance(built, PartialTuning) or built is None:
+        return train_only(model, () if built is None else built.parameters)
+    if train_decoder:
+        built.modules_to_save = sorted({*(built.modules_to_save or ()), TRAINED_MODULE})
+    return get_peft_model(model, built)
+
+
+def train_only(model: torch.nn.Module, parameters: tuple[str, ...] | list[str]) -> torch.nn.Module:
+    """Freezes every parameter of `model` but its mask decoder's and `parameters` (names). Returns the model.
+
+    Raises:
+        ValueError: naming parameters that `model` does not have.
+    """
+    named = dict(model.named_parameters())
+    missing = sorted(set(parameters) - named.keys())
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no parameters {missing[:3]} ({len(missing)} missing).")
+    model.requires_grad_(False)
+    model.get_submodule(TRAINED_MODULE).requires_grad_(True)
+    for name in parameters:
+        named[name].requires_grad_(True)
+    return model
 
 
 def load_data(args: DataArguments, num_labels: int, seed: int) -> DatasetDict:
@@ -219,6 +243,12 @@ def check_embedding_cache(args: DataArguments, model: torch.nn.Module, image_siz
     if not args.cache_embeddings:
         return
     encoder, cad = frozen_vision_encoder(model)
+    trained = next((name for name, p in encoder.named_parameters() if p.requires_grad), None)
+    if trained is not None:
+        raise ValueError(
+            f"The embedding cache needs a frozen image encoder; this one trains {trained!r} (and maybe more), so its "
+            "output changes as it trains."
+        )
     model_size = getattr(encoder.config, "image_size", None) or input_image_size(model.config)
     if cad is None and image_size != model_size:
         raise ValueError(

@@ -1,8 +1,10 @@
 """Saving and loading what training changes, and nothing of the frozen base model.
 
-A run folder holds `sam_peft_run.json` (base model, method, labels, image size) and the trained weights: a PEFT
-adapter (`adapter_config.json`, `adapter_model.safetensors`) for conv_lora and lora, or the trainable parameters
-(`decoder_model.safetensors`) for decoder_only. Accelerate checkpoints hold the same plus the optimiser state.
+A run folder holds `sam_peft_run.json` (base model, method and its arguments, `peft_config` included, labels, image
+size) and the trained weights: a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`) for the methods
+with an adapter, or the trainable parameters by name (`decoder_model.safetensors`) for those without (decoder_only,
+bias_only, norm_only, attention_only, last_blocks, full: the mask decoder and the encoder weights they train).
+Accelerate checkpoints hold the same plus the optimiser state.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ DECODER_FILE = "decoder_model.safetensors"
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that require grad (decoder-only training: the mask decoder), detached and contiguous."""
+    """The parameters that require grad (the methods without an adapter: the mask decoder and the encoder weights
+    they train), detached and contiguous."""
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 

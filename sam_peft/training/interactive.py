@@ -18,6 +18,11 @@ the model's input frame (`S x S`) and within the image's valid pixels (the paddi
 - A prediction is the low-resolution logits upsampled (bilinear) to `S x S` and thresholded at 0; its IoU with
   the object is `mask_iou` over the valid pixels.
 
+The image encoder of an SLoRA model (`sam_peft.tuners.slora`) reads point prompts as one heat map per image,
+and the embedding is computed once: its heat map is that of the first click of every object of the image (the
+centre click above, one peak per object), for the box step and for every click, as prompted training gives the
+encoder the first prompt of every object (`InteractiveTraining`). Other models are evaluated as they are.
+
 Objects go on the model's batch axis, one prompt set each (`input_points` `(N, 1, k, 2)`), because transformers'
 SAM adds a mask prompt to its image's embedding before sharing it among the prompts of that image: a per-object
 mask prompt needs one batch row per object. The image embedding is computed once per batch with the model's
@@ -44,6 +49,7 @@ from tqdm.auto import tqdm
 from ..data.prompted import object_boxes, object_present
 from ..data.prompts import next_click
 from ..metrics.interactive import INTERACTIVE_THRESHOLDS, InteractiveMetrics, mask_iou
+from ..tuners.slora.prompting import encoder_prompts, object_points_by_image, uses_prompt_heat_maps
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -52,19 +58,45 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def image_inputs(
-    model: torch.nn.Module, pixel_values: Tensor, image_index: Tensor, accelerator: Accelerator | None
+    model: torch.nn.Module,
+    pixel_values: Tensor,
+    image_index: Tensor,
+    accelerator: Accelerator | None,
+    encoder_points: Tensor | None = None,
+    encoder_labels: Tensor | None = None,
 ) -> dict[str, Any]:
     """The image inputs of each object's forward, `(N, ...)`: its image's embedding, computed once for the batch
     (a tensor for SAM, a list of feature levels for SAM 2 / SAM 3), or its image's pixel values when the model has
-    no `get_image_embeddings`."""
+    no `get_image_embeddings`.
+
+    `encoder_points` `(B, P, K, 2)` and `encoder_labels` `(B, P, K)`, one row per image of `pixel_values`, are the
+    points the image encoder of an SLoRA model sees as its heat map (`sam_peft.tuners.slora.encoder_prompts`; None:
+    the zero map, i.e. its learned prompt alone); other models ignore them. A model without `get_image_embeddings`
+    gets its pixel values at each forward, and an SLoRA one then reads the heat map of that forward's points."""
     inner = accelerator.unwrap_model(model) if accelerator is not None else model
     get_embeddings = getattr(inner, "get_image_embeddings", None)
     if get_embeddings is None:
         return {"pixel_values": pixel_values[image_index]}
-    embeddings = get_embeddings(pixel_values)
+    with encoder_prompts(inner, encoder_points, encoder_labels):
+        embeddings = get_embeddings(pixel_values)
     if isinstance(embeddings, Tensor):
         return {"image_embeddings": embeddings[image_index]}
     return {"image_embeddings": [level[image_index] for level in embeddings]}
+
+
+def _centre_clicks_by_image(
+    model: torch.nn.Module, accelerator: Accelerator | None, masks: Tensor, valid: Tensor, image_index: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """For a model whose image encoder reads a heat map of point prompts (SLoRA): each image's first clicks, the
+    centre click of each of its objects (`next_click` against an empty prediction, as click 1 of the protocol),
+    `(B, 1, K, 2)` and `(B, 1, K)`; (None, None) for other models."""
+    inner = accelerator.unwrap_model(model) if accelerator is not None else model
+    if not uses_prompt_heat_maps(inner):
+        return None, None
+    object_valid = valid[image_index]
+    targets = masks & object_valid
+    points, labels = next_click(torch.zeros_like(targets), targets, object_valid, mode="center")
+    return object_points_by_image(points.to(masks.device), labels.to(masks.device), image_index, len(valid))
 
 
 def _rows(encoded: dict[str, Any], index: Tensor) -> dict[str, Any]:
@@ -169,7 +201,9 @@ def evaluate_interactive(
             image_index = present.nonzero()[:, 0]
             boxes = object_boxes(objects)[present].to(device)  # tight boxes inside the valid pixels, no jitter
             images = torch.arange(len(masks), device=device)
-            encoded = image_inputs(model, batch["pixel_values"].to(device), images, accelerator)  # once per batch
+            encoder_points = _centre_clicks_by_image(model, accelerator, masks[present], valid, image_index)
+            pixel_values = batch["pixel_values"].to(device)
+            encoded = image_inputs(model, pixel_values, images, accelerator, *encoder_points)  # once per batch
             chunk = objects_per_forward or len(image_index)
             found = []
             for start in range(0, len(image_index), chunk):

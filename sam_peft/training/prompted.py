@@ -20,6 +20,13 @@ predict whether the object is in the image at all, and since every prompted obje
 embedding is computed once per image, with gradients, and shared by its objects and every iteration; the prompt
 encoder stays frozen.
 
+An SLoRA model's image encoder reads point prompts too, as a heat map per image (`sam_peft.tuners.slora`): since
+the embedding is computed once per image, its heat map is that of the first prompt of each of its objects, several
+peaks on one map (`object_points_by_image`): the drawn positive point of each object, or in a box batch the centre
+of each object's (jittered) box, the one point a box gives. The corrective clicks reach the decoder only (their
+heat map would change the embedding at every iteration). Other models are untouched (`encoder_prompts` does
+nothing for them).
+
 Randomness (the box-or-point draw, the jitter, the points and clicks) comes from a generator seeded by the
 batch's `prompt_seed` values, which `PromptSeeds` draws per example: with `SeededSamples` around it, the prompts
 of a sample are a function of the run's seed, the epoch and the sample's index, the same in a resumed run and
@@ -46,6 +53,7 @@ from ..data.prompts import boxes_from_masks, next_click, sample_points
 from ..modeling.losses import prompted_mask_loss
 from ..modeling.prompted import trainable_image_embeddings
 from ..tuners.auxiliary import auxiliary_loss
+from ..tuners.slora.prompting import box_centres, encoder_prompts, object_points_by_image, uses_prompt_heat_maps
 from .interactive import upsampled_prediction
 
 
@@ -61,6 +69,13 @@ class InteractiveTrainingConfig:
     iou_weight: float = 1.0
     object_score_weight: float = 1.0
     moe_loss_weight: float = 1.0
+
+    @classmethod
+    def from_arguments(cls, model_args: Any, train_args: Any) -> InteractiveTrainingConfig:
+        """The scheme of the training recipe's arguments (`TrainArguments`' prompting keys and loss weights, and
+        `ModelArguments.moe_loss_weight`)."""
+        keys = ("num_correction_clicks", "box_probability", "box_jitter", "focal_weight", "dice_weight", "iou_weight")
+        return cls(**{key: getattr(train_args, key) for key in keys}, moe_loss_weight=model_args.moe_loss_weight)
 
     def __post_init__(self) -> None:
         if self.num_correction_clicks < 0:
@@ -146,11 +161,6 @@ class InteractiveTraining(nn.Module):
             return {"loss": zero, "task_loss": zero.detach(), "auxiliary_loss": zero.detach()}
         generator = batch_generator(prompt_seed)
         image_index = present.nonzero()[:, 0]
-        embeddings = trainable_image_embeddings(self.model, pixel_values)
-        if isinstance(embeddings, Tensor):
-            inputs: dict[str, Any] = {"image_embeddings": embeddings[image_index]}
-        else:
-            inputs = {"image_embeddings": [level[image_index] for level in embeddings]}
         masks, masks_valid = object_masks[present], valid[image_index]  # (N, S, S) each
         labels = masks.to(torch.uint8).masked_fill(~masks_valid, IGNORE_INDEX)[:, None]  # (N, 1, S, S)
 
@@ -164,6 +174,49 @@ class InteractiveTraining(nn.Module):
             points, point_labels = sample_points(masks, 1, 0, "uniform", generator, masks_valid)
             prompts["input_points"], prompts["input_labels"] = points.to(pixel_values), point_labels
 
+        # the encoder of an SLoRA model sees each image's objects' first prompts as one heat map (a no-op otherwise)
+        with encoder_prompts(self.model, *self._encoder_points(prompts, image_index, len(pixel_values))):
+            embeddings = trainable_image_embeddings(self.model, pixel_values)
+            if isinstance(embeddings, Tensor):
+                inputs: dict[str, Any] = {"image_embeddings": embeddings[image_index]}
+            else:
+                inputs = {"image_embeddings": [level[image_index] for level in embeddings]}
+            losses = self._interact(
+                inputs, prompts, masks, masks_valid, labels, use_box, generator, pixel_values, object_counts
+            )
+        task_loss = torch.stack(losses).mean()
+        extra = auxiliary_loss(self.model).to(task_loss)
+        return {"loss": task_loss + config.moe_loss_weight * extra, "task_loss": task_loss, "auxiliary_loss": extra}
+
+    def _encoder_points(
+        self, prompts: dict[str, Tensor], image_index: Tensor, num_images: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The points the image encoder of an SLoRA model sees, `(B, 1, K, 2)` and `(B, 1, K)`: each image's
+        objects' first prompts, their positive points (the drawn point), or their boxes' centres in a box batch;
+        (None, None) for a model whose encoder reads no heat map."""
+        if not uses_prompt_heat_maps(self.model):
+            return None, None
+        if "input_points" in prompts:
+            points, point_labels = prompts["input_points"], prompts["input_labels"]
+        else:
+            points, point_labels = box_centres(prompts["input_boxes"])
+        return object_points_by_image(points, point_labels, image_index, num_images)
+
+    def _interact(
+        self,
+        inputs: dict[str, Any],
+        prompts: dict[str, Tensor],
+        masks: Tensor,
+        masks_valid: Tensor,
+        labels: Tensor,
+        use_box: bool,
+        generator: torch.Generator,
+        pixel_values: Tensor,
+        object_counts: Tensor,
+    ) -> list[Tensor]:
+        """The loss of each iteration: the first prompt, then the corrective clicks (see the module's docstring);
+        clicks go in as `pixel_values`' dtype and labels as `object_counts`' (the batch's)."""
+        config = self.config
         losses, low_res = [], None
         for iteration in range(config.num_correction_clicks + 1):
             if iteration > 0:
@@ -195,6 +248,4 @@ class InteractiveTraining(nn.Module):
             # the next iteration's mask prompt: the candidate with the highest predicted IoU, without gradient
             best = iou_scores[:, 0].argmax(dim=-1)
             low_res = pred_masks[torch.arange(len(best), device=best.device), 0, best].detach()  # (N, h, w)
-        task_loss = torch.stack(losses).mean()
-        extra = auxiliary_loss(self.model).to(task_loss)
-        return {"loss": task_loss + config.moe_loss_weight * extra, "task_loss": task_loss, "auxiliary_loss": extra}
+        return losses

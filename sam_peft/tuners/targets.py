@@ -29,6 +29,41 @@ QKV_TARGETS = {
     "sam3_tracker": r"vision_encoder\.backbone\.layers\.\d+\.attention\.(q|k|v)_proj",
 }
 
+# Every linear layer of each block's attention: the input projections above and the output projection. Relative
+# position tables (SAM's `rel_pos_h`, `rel_pos_w`) are parameters of the attention module, not of these layers.
+ATTENTION_TARGETS = {
+    "sam": r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
+    "sam_hq": r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
+    "sam2": r"vision_encoder\.backbone\.blocks\.\d+\.attn\.(qkv|proj)",
+    "sam3_tracker": r"vision_encoder\.backbone\.layers\.\d+\.attention\.(q|k|v|o)_proj",
+}
+
+# The output layer of each block's MLP: the feed-forward module of (IA)^3, which scales its input (the MLP's inner
+# activations).
+MLP_OUTPUT_TARGETS = {
+    "sam": r"vision_encoder\.layers\.\d+\.mlp\.lin2",
+    "sam_hq": r"vision_encoder\.layers\.\d+\.mlp\.lin2",
+    "sam2": r"vision_encoder\.backbone\.blocks\.\d+\.mlp\.proj_out",
+    "sam3_tracker": r"vision_encoder\.backbone\.layers\.\d+\.mlp\.fc2",
+}
+
+# The LayerNorms of every image-encoder block (before the attention and before the MLP).
+BLOCK_NORM_TARGETS = {
+    "sam": r"vision_encoder\.layers\.\d+\.layer_norm(1|2)",
+    "sam_hq": r"vision_encoder\.layers\.\d+\.layer_norm(1|2)",
+    "sam2": r"vision_encoder\.backbone\.blocks\.\d+\.layer_norm(1|2)",
+    "sam3_tracker": r"vision_encoder\.backbone\.layers\.\d+\.layer_norm(1|2)",
+}
+
+# The image encoder's list of blocks (`nn.ModuleList`), in order: SAM's ViT blocks, SAM 2's Hiera blocks (all
+# stages), SAM 3's rotary ViT blocks. The patterns above are these names followed by `\.\d+\.`.
+ENCODER_BLOCKS = {
+    "sam": "vision_encoder.layers",
+    "sam_hq": "vision_encoder.layers",
+    "sam2": "vision_encoder.backbone.blocks",
+    "sam3_tracker": "vision_encoder.backbone.layers",
+}
+
 # Why an encoder has nothing for a given kind of adapter to act on.
 CONVOLUTIONAL_ENCODER = (
     "its image encoder is convolutional (RepViT): it has no attention blocks or token grid for the adapter to act on"
@@ -90,3 +125,15 @@ def layer_index_allowed(config: PeftConfig, key: str) -> bool:
     else:
         match = re.match(r"(?:^|.*?\.)(?P<idx>\d+)(?:\.|$)", key)
     return match is not None and int(match.group("idx")) in layers
+
+
+# the block index of a per-block pattern (`QKV_TARGETS`, `ATTENTION_TARGETS`, `MLP_OUTPUT_TARGETS`, ...)
+_BLOCK_INDEX = r"\d+"
+
+
+def restrict_to_blocks(pattern: str, blocks: list[int]) -> str:
+    """The per-block target pattern `pattern` (whose one `\\d+` is the block index) matching blocks `blocks` only:
+    how sam-peft puts an adapter on some blocks when peft refuses `layers_to_transform` with regex targets."""
+    if pattern.count(_BLOCK_INDEX) != 1 or not blocks:
+        raise ValueError(f"Cannot restrict {pattern!r} to blocks {blocks}: it needs one block index and a block.")
+    return pattern.replace(_BLOCK_INDEX, f"({'|'.join(str(i) for i in sorted(blocks))})")

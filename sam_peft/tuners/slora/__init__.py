@@ -22,12 +22,14 @@ from .layer import (
     SloraAttention,
     SloraFpnNeck,
     SloraLayer,
+    SloraLearnedPrompt,
     SloraNeck,
     SloraSam2Neck,
     SloraSam3Neck,
     SloraSharedState,
 )
 from .model import SloraModel
+from .prompting import box_centres, encoder_prompts, object_points_by_image, slora_tuner, uses_prompt_heat_maps
 
 __all__ = [
     "ATTENTION_TARGETS",
@@ -46,13 +48,19 @@ __all__ = [
     "SloraConfig",
     "SloraFpnNeck",
     "SloraLayer",
+    "SloraLearnedPrompt",
     "SloraModel",
     "SloraNeck",
     "SloraSam2Neck",
     "SloraSam3Neck",
     "SloraSharedState",
+    "box_centres",
     "encoder_layout",
+    "encoder_prompts",
     "gaussian_blur",
     "gaussian_kernel_1d",
+    "object_points_by_image",
     "points_to_heat_map",
+    "slora_tuner",
+    "uses_prompt_heat_maps",
 ]

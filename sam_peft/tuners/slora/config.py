@@ -53,7 +53,7 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
     point's cell, blurred with OpenCV's 9 x 9 Gaussian, times 255 as in the official code), repeated to r channels,
     and `H = ReLU(LN(Linear(r, r)(heat)))` (one projection per adapter); the neck becomes
     `neck(x + Linear(r, C)(H)) + Linear(r, 256)(H)`. `prompt_layout` says where H meets the tokens. Without points
-    the heat map is zeros.
+    the heat map is zeros (with `learned_prompt`, the adapter's learned heat map: below).
 
     On SAM 2 / 2.1 (Hiera) and SAM 3's tracker (rotary ViT) the same module sits around the attention of their
     vision blocks (`SloraModel` and `sam_peft.tuners.slora.encoders` say where): the heat map is on the token grid of
@@ -62,10 +62,21 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
     image embedding the mask decoder attends to. A has one width, so on SAM 2 the adapted blocks are blocks of one
     Hiera stage (never its first, widening block).
 
+    Learned prompt (`learned_prompt`, for prompt-free use, e.g. `SamForSemanticSegmentation`, where no forward has
+    points): the adapter also owns a trainable heat map P (g, g) on the same grid (64 x 64 on SAM at 1024 px; the
+    adapted stage's grid on SAM 2, 72 x 72 on SAM 3), `slora_learned_prompt[adapter].heat_map`, saved and loaded
+    with the adapter. The prompt path then reads `heat + P` instead of `heat`: P alone when a forward has no points
+    (the heat map is zeros), and P added to the points' heat map when it has some, so the prompt the adapter learned
+    stays under the clicks (points still mark their cells on top of it). P starts at zero: a fresh adapter computes
+    exactly what one without a learned prompt computes (and, with B and the neck projections zero, leaves the model
+    unchanged); like LoRA's A under a zero B, P gets no gradient before B and the neck projections have moved (the
+    first optimiser step), then learns in heat-map units (an isolated point peaks at 14). It adds g * g parameters
+    per adapter (4,096 on SAM at 1024 px, 256 on the tiny SAM).
+
     Initialisation: A Kaiming-uniform (a = sqrt(5)) with zero bias, B and both neck projections zero (a fresh adapter
-    leaves the model unchanged), the heat-map projection PyTorch's default, LayerNorms ones and zeros. On ViT-B with
-    the defaults an adapter has 61,304 parameters without its LayerNorms (A 7,690 + 5 x B 8,448 + prompt path
-    11,374), 61,524 with them (0.235 MiB in float32).
+    leaves the model unchanged), the heat-map projection PyTorch's default, LayerNorms ones and zeros, the learned
+    prompt zeros. On ViT-B with the defaults an adapter has 61,304 parameters without its LayerNorms (A 7,690 + 5 x
+    B 8,448 + prompt path 11,374), 61,524 with them (0.235 MiB in float32); 65,620 with a learned prompt.
 
     Args:
         r: Rank (width of the bottleneck and of the prompt features). The paper: 10.
@@ -90,8 +101,12 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
         modules_to_save: Modules besides the adapter that are trained and saved in full. SAMCL keeps the mask decoder
             frozen (the default on a `SamModel`); on a `SamForSemanticSegmentation` the decoder is the task head and
             trained by default.
+        learned_prompt: Give the adapter a trainable heat map (g, g) on the embedding grid, added to every
+            forward's heat map (zeros without points): the constant prompt of prompt-free training. Needs
+            `prompt_augmentation`. Default False (adapters saved before the option load unchanged).
         init_weights: Zero-initialise B and the neck projections (identity at start, the paper's initialisation).
-            Set to False only for testing: they then get PyTorch's default Linear initialisation.
+            Set to False only for testing: they then get PyTorch's default Linear initialisation, and the learned
+            prompt is drawn from N(0, 1).
     """
 
     r: int = field(default=10, metadata={"help": "Rank of the bottleneck and width of the prompt features."})
@@ -123,6 +138,13 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
             "transposed at the neck)."
         },
     )
+    learned_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "A trainable heat map on the embedding grid, added to each forward's (zeros without points): "
+            "the constant prompt of prompt-free use. Needs prompt_augmentation."
+        },
+    )
     init_weights: bool = field(default=True, metadata={"help": "Zero-initialise B and the neck projections."})
 
     def __post_init__(self) -> None:
@@ -142,6 +164,13 @@ class SloraConfig(SamPeftConfigMixin, PeftConfig):
         if not isinstance(self.prompt_augmentation, bool):
             raise ValueError(
                 f"SloraConfig.prompt_augmentation must be True or False, got {self.prompt_augmentation!r}."
+            )
+        if not isinstance(self.learned_prompt, bool):
+            raise ValueError(f"SloraConfig.learned_prompt must be True or False, got {self.learned_prompt!r}.")
+        if self.learned_prompt and not self.prompt_augmentation:
+            raise ValueError(
+                "SloraConfig.learned_prompt feeds a learned heat map into the prompt path, which "
+                "`prompt_augmentation=False` leaves out: set prompt_augmentation=True, or learned_prompt=False."
             )
         if self.prompt_layout not in PROMPT_LAYOUTS:
             raise ValueError(

@@ -31,6 +31,8 @@ class SloraSharedState:
     - Per adapter, the shared down-projection A (`Linear(C, r)`) and the heat-map projection (`Linear(r, r)` and
       `LayerNorm(r)`). The `SloraModel` owns them (so they are saved once); the layers only refer to them through
       this object, which is no `nn.Module`, so that their state dicts do not repeat them.
+    - Per adapter with `learned_prompt`, its learned heat map (g, g) (`SloraLearnedPrompt`), added to the heat map
+      of every forward before the projection; owned by the `SloraModel` as well.
     - The heat map (B, g, g) of the current forward pass: set from the point prompts of each forward of the base
       model (`capture_prompts`, a forward pre-hook) or, for the span of a `with`, by `SloraModel.prompt_heat_map`.
     - Where the adapted blocks are: `stage`, the encoder stage that holds them (SAM 2's Hiera has four, with their
@@ -49,10 +51,12 @@ class SloraSharedState:
         input_size: int,
         stage: int = 0,
         grid_name: str = "the image-embedding grid",
+        learned_prompt: nn.ModuleDict | None = None,
     ) -> None:
         self.down = down
         self.prompt_linear = prompt_linear
         self.prompt_norm = prompt_norm
+        self.learned_prompt = learned_prompt if learned_prompt is not None else nn.ModuleDict({})
         self.grid_size = grid_size
         self.input_size = input_size
         self.stage = stage
@@ -83,14 +87,17 @@ class SloraSharedState:
     def prompt_features(self, adapter_name: str) -> torch.Tensor:
         """`H = ReLU(LN(Linear(heat repeated to r channels)))` of adapter `adapter_name`, (B_heat, g, g, r).
 
-        In the projection's dtype and on its device; B_heat is the heat map's batch, 1 for the zero map used when
-        there is none.
+        `heat` is the heat map of the forward (the zero map when there is none) plus, for an adapter with a learned
+        prompt, its learned heat map. In the projection's dtype and on its device; B_heat is the heat map's batch,
+        1 for the zero map.
         """
         linear = self.prompt_linear[adapter_name]
         heat_map = self.heat_map
         if heat_map is None:
             heat_map = torch.zeros(1, self.grid_size, self.grid_size)
         heat_map = heat_map.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        if adapter_name in self.learned_prompt:
+            heat_map = heat_map + self.learned_prompt[adapter_name].heat_map.to(heat_map.dtype)
         repeated = heat_map[..., None].expand(*heat_map.shape, linear.in_features)
         return F.relu(self.prompt_norm[adapter_name](linear(repeated)))
 
@@ -113,12 +120,31 @@ class SloraSharedState:
         """
         if self.pinned:
             return
-        recomputes = torch.is_grad_enabled() and any(
-            getattr(submodule, "gradient_checkpointing", False) is True and submodule.training
-            for submodule in module.modules()
-        )
-        if not recomputes:
+        if not self.recomputes(module):
             self.heat_map = None
+
+    @staticmethod
+    def recomputes(model: nn.Module) -> bool:
+        """Whether a backward pass may recompute blocks of `model` (and read the heat map again): gradients are on
+        and some submodule checkpoints its activations in training."""
+        return torch.is_grad_enabled() and any(
+            getattr(submodule, "gradient_checkpointing", False) is True and submodule.training
+            for submodule in model.modules()
+        )
+
+
+class SloraLearnedPrompt(nn.Module):
+    """The learned heat map of one SLoRA adapter (`SloraConfig.learned_prompt`): a parameter `heat_map` (g, g) on the
+    adapted blocks' grid, added to each forward's heat map. Zeros at first (`random`: N(0, 1), for testing)."""
+
+    def __init__(self, grid_size: int, random: bool = False, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.heat_map = nn.Parameter(torch.zeros(grid_size, grid_size, device=device))
+        if random:
+            nn.init.normal_(self.heat_map)
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.heat_map.shape[0]}"
 
 
 class SloraLayer(SideLayer):

@@ -15,7 +15,7 @@ from ..targets import CONVOLUTIONAL_ENCODER
 from .config import ATTENTION_TARGETS, SloraConfig
 from .encoders import SamEncoderLayout, encoder_layout
 from .heat_map import points_to_heat_map
-from .layer import SloraAttention, SloraLayer, SloraNeck, SloraSharedState, attention_widths
+from .layer import SloraAttention, SloraLayer, SloraLearnedPrompt, SloraNeck, SloraSharedState, attention_widths
 
 
 class SloraModel(SamPeftTuner):
@@ -24,10 +24,10 @@ class SloraModel(SamPeftTuner):
 
     The targets are the attention modules of the vision blocks, each wrapped as a `SloraAttention`; with prompt
     augmentation the encoder's neck is wrapped once, as a `SloraNeck` (SAM), `SloraSam2Neck` or `SloraSam3Neck`. Per
-    adapter, the shared down-projection A and the heat-map projection live on this tuner (`slora_A`,
-    `slora_prompt_linear`, `slora_prompt_norm`) and are saved once; saving, loading, several adapters (each with its
-    own A), switching, disabling, deleting and unloading work as for any PEFT method. Merging is refused (see
-    `SloraLayer.merge`).
+    adapter, the shared down-projection A, the heat-map projection and the learned prompt live on this tuner
+    (`slora_A`, `slora_prompt_linear`, `slora_prompt_norm`, `slora_learned_prompt`) and are saved once; saving,
+    loading, several adapters (each with its own A), switching, disabling, deleting and unloading work as for any
+    PEFT method. Merging is refused (see `SloraLayer.merge`).
 
     Each generation (its layout in `sam_peft.tuners.slora.encoders`):
 
@@ -60,7 +60,13 @@ class SloraModel(SamPeftTuner):
 
     Inside such a block, forwards of the model use the block's heat map, whatever points they get. Outside, the
     heat map of a forward is dropped when it returns, except in training with activation checkpointing, where it
-    stays until the next forward, because the backward pass recomputes the blocks.
+    stays until the next forward, because the backward pass recomputes the blocks (so does an outermost block's).
+    `sam_peft.tuners.slora.prompting` wraps this for code that handles any model (`encoder_prompts`: a no-op
+    without SLoRA) and turns the points of objects into one heat map per image (`object_points_by_image`).
+
+    Learned prompt. With `SloraConfig(learned_prompt=True)` each adapter also learns a heat map (g, g)
+    (`slora_learned_prompt[adapter].heat_map`, zeros at first), added to the heat map of every forward: alone
+    without points (prompt-free use), under the points' heat map with them.
 
     Example:
         >>> import sam_peft
@@ -162,6 +168,7 @@ class SloraModel(SamPeftTuner):
         self.slora_A = nn.ModuleDict({})
         self.slora_prompt_linear = nn.ModuleDict({})
         self.slora_prompt_norm = nn.ModuleDict({})
+        self.slora_learned_prompt = nn.ModuleDict({})
         grid_size = layout.grid_size(stage)
         prompt_encoder = getattr(self.model, "prompt_encoder", None)
         input_size = getattr(prompt_encoder, "input_image_size", None) or layout.image_size
@@ -173,6 +180,7 @@ class SloraModel(SamPeftTuner):
             input_size,
             stage=stage,
             grid_name=layout.grid_name(stage),
+            learned_prompt=self.slora_learned_prompt,
         )
         self._slora_state = state
         self._prompt_hooks = [
@@ -184,10 +192,11 @@ class SloraModel(SamPeftTuner):
     def _shared_containers(self) -> tuple[nn.ModuleDict, ...]:
         if self.__dict__.get("_slora_state") is None:
             return ()
-        return (self.slora_A, self.slora_prompt_linear, self.slora_prompt_norm)
+        return (self.slora_A, self.slora_prompt_linear, self.slora_prompt_norm, self.slora_learned_prompt)
 
     def _add_shared_weights(self, config: SloraConfig, adapter_name: str, in_features: int, encoder: nn.Module) -> None:
-        """Create adapter `adapter_name`'s shared A (and heat-map projection) on the first of its targets."""
+        """Create adapter `adapter_name`'s shared A (and heat-map projection, and learned prompt) on the first of its
+        targets."""
         if adapter_name in self.slora_A:
             return
         device = next(encoder.parameters()).device
@@ -198,6 +207,10 @@ class SloraModel(SamPeftTuner):
         if config.prompt_augmentation:
             modules.append((self.slora_prompt_linear, nn.Linear(config.r, config.r, device=device)))
             modules.append((self.slora_prompt_norm, nn.LayerNorm(config.r, device=device)))
+        if config.learned_prompt:
+            grid_size = self._slora_state.grid_size
+            learned = SloraLearnedPrompt(grid_size, random=not config.init_weights, device=device)
+            modules.append((self.slora_learned_prompt, learned))
         trainable = adapter_name in self.active_adapters and not config.inference_mode
         for container, module in modules:
             container[adapter_name] = module.requires_grad_(trainable)
@@ -277,6 +290,12 @@ class SloraModel(SamPeftTuner):
         ]
 
     @property
+    def uses_prompts(self) -> bool:
+        """Whether some adapter of this model has the prompt path (`prompt_augmentation`): only then do heat maps
+        matter."""
+        return any(getattr(config, "prompt_augmentation", False) for config in self.peft_config.values())
+
+    @property
     def grid_size(self) -> int:
         """Side of the image-embedding grid the heat maps are on (64 for SAM at 1024 px)."""
         return self.__dict__["_slora_state"].grid_size
@@ -300,8 +319,10 @@ class SloraModel(SamPeftTuner):
             heat_map: `(B, g, g)` (or `(g, g)`, for every image) on the embedding grid (`grid_size`), e.g. from
                 `heat_map_from_points`; None for the zero map (no prompts).
 
-        Blocks nest; the previous heat map is back when the block ends. With activation checkpointing, run backward
-        inside the block: the recomputed blocks read the heat map again.
+        Blocks nest; the previous heat map is back when the block ends. With activation checkpointing in training
+        (gradients on), the recomputed blocks read the heat map again during backward: an outermost block's heat
+        map then stays after the block, unpinned, until the next forward of the model replaces it (as a forward's
+        own heat map does), so a backward run after the block sees it.
         """
         state = self.__dict__["_slora_state"]
         if heat_map is not None:
@@ -311,7 +332,11 @@ class SloraModel(SamPeftTuner):
         try:
             yield
         finally:
-            state.heat_map, state.pinned = previous
+            nested = previous[1]
+            if not nested and state.recomputes(self.model):
+                state.heat_map, state.pinned = heat_map, False
+            else:
+                state.heat_map, state.pinned = previous
 
     @contextmanager
     def prompts(self, input_points: torch.Tensor, input_labels: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
