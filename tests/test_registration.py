@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from peft import PeftConfig, get_peft_model
@@ -55,3 +56,25 @@ def test_import_order_peft_first_then_sam_peft():
         "assert mapping.PEFT_TYPE_TO_CONFIG_MAPPING['CONV_LORA'] is sam_peft.ConvLoraConfig\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# What `pip install -e .` installs without the test extra: the package and the recipes import without these.
+TEST_EXTRA_MODULES = ("sklearn", "pysodmetrics", "py_sod_metrics", "pycocotools", "pytest", "xdist", "ruff")
+
+
+def test_the_package_and_the_recipes_import_without_the_test_extra():
+    """A fresh `pip install -e .` has none of the test extra (nor scikit-learn, which pysodmetrics brings and some
+    peft configs ask for when built): importing sam_peft, listing peft's methods and loading every recipe must not
+    need them."""
+    blocked = ", ".join(repr(name) for name in TEST_EXTRA_MODULES)
+    code = (
+        f"import sys, runpy\nfor name in ({blocked},):\n    sys.modules[name] = None\n"
+        "import sam_peft\nfrom sam_peft.modeling.methods import PEFT_TYPES\nassert 'LORA' in PEFT_TYPES\n"
+        "for recipe in ('train', 'evaluate', 'predict', 'continual', 'cache_embeddings'):\n"
+        "    runpy.run_path(f'recipes/{recipe}.py', run_name='not_main')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -24,7 +24,7 @@ from contextlib import suppress
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from peft import PEFT_TYPE_TO_CONFIG_MAPPING, LoraConfig, PeftConfig, PeftType
+from peft import PEFT_TYPE_TO_CONFIG_MAPPING, LoraConfig, PeftConfig, PeftType, PromptLearningConfig
 from torch import nn
 
 from ..tuners.cad import CadConfig
@@ -195,21 +195,20 @@ def _adapts_modules(config_class: type) -> bool:
     """Whether peft's config class `config_class` is a tuner of named modules (its `target_modules`, and others
     trained in full: `modules_to_save`) rather than prompt learning for a text model or a mixture of adapters."""
     names = {f.name for f in fields(config_class)}
-    return {"target_modules", "modules_to_save"} <= names and not config_class().is_prompt_learning
+    # read from the class: building a config may import an optional dependency (AdaMSS: scikit-learn)
+    return {"target_modules", "modules_to_save"} <= names and not issubclass(config_class, PromptLearningConfig)
 
 
 def _available_peft_types() -> tuple[str, ...]:
-    available = []
-    for peft_type in PeftType:
-        config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
-        if config_class is None or peft_type.value in _PEFT_REFUSALS:
-            continue
-        try:
-            if _adapts_modules(config_class):
-                available.append(peft_type.value)
-        except (TypeError, ValueError):  # a config that cannot exist without arguments (CPT: a causal LM's)
-            continue
-    return tuple(sorted(available))
+    return tuple(
+        sorted(
+            peft_type.value
+            for peft_type in PeftType
+            if peft_type.value not in _PEFT_REFUSALS
+            and (config_class := PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)) is not None
+            and _adapts_modules(config_class)
+        )
+    )
 
 
 # The `peft_type`s of `method: peft`: peft's own tuners of named modules (LoRA, with `use_dora` DoRA, IA3, LoHa,
