@@ -218,3 +218,15 @@ def test_evaluate_reproduces_a_prompted_run_and_scores_a_folder_of_objects(
     folder = ["--adapter", str(finished / "run"), "--image_dir", str(images), "--mask_dir", str(labels)]
     header, _, _ = run_evaluate(evaluate_main, monkeypatch, capsys, *folder, "--objects", "instance")
     assert header.startswith(f"| {images} test (10 objects) | miou_box | miou@1 |")
+
+
+@pytest.mark.parametrize("variant", ["sam2-tiny", "sam3-tiny"])
+def test_prompted_runs_on_sam2_and_sam3_train_evaluate_and_reload(variant, tmp_path):
+    args = prompted_run(tmp_path, "run", "--random_base", variant, "--num_epochs", "1", "--method", "lora")
+    run_train(args)
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["num_objects"] == metrics["untrained"]["num_objects"] > 0
+    model = load_trained(tmp_path / "run")
+    expected = {"sam2-tiny": "Sam2Model", "sam3-tiny": "Sam3TrackerModel"}[variant]
+    assert type(model.get_base_model()).__name__ == expected
+    assert "iou_vs_clicks.png" in {p.name for p in (tmp_path / "run").iterdir()}
