@@ -9,9 +9,21 @@ resident: measure one method alone with `--methods conv_lora`). Besides the rati
 the median of each round's own ratio and, on CPU, the ratio of process CPU time (which what other jobs on a shared
 machine add to a run's wall time does not reach). The last line printed is the training-step ratio and the
 inference ratio, for parsing, then on CPU the two CPU-time ratios (with one method: its median seconds and peak
-memory).
+memory). `--methods ... conv_lora_dense` adds Conv-LoRA with the dense expert dispatch
+(`ConvLoraConfig(expert_dispatch="dense")`, every expert on every window) and prints its cost relative to the
+grouped dispatch.
+
+`--compile` (tiny model, 128 px, batch 2 by default) measures instead, per method (LoRA, Conv-LoRA grouped and
+dense), the eager step time, the compiled first call (compile time included) and the compiled steady-state step time,
+for the training step (forward and loss compiled, backward through the compiled graph, optimizer eager) and for
+inference, each method in a fresh compile cache. The table shows the speed-up of compiling and each method's compile
+time (first call minus a steady step) as a ratio to LoRA's; the issue #22 bound is Conv-LoRA's at most 2x. Inductor's
+on-disk caches are off, so that every run compiles from scratch.
 
     python benchmarks/conv_lora_cost.py                                 # CPU: ViT-B, 512 px, batch 2
+    python benchmarks/conv_lora_cost.py --compile                       # CPU: tiny, compile vs eager
+    python benchmarks/conv_lora_cost.py --image-size 1024 --batch-size 1 --methods conv_lora conv_lora_dense \
+        --inference-only                                               # dense vs grouped, ViT-B 1024 px
     python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 4 --dtype bfloat16
     python benchmarks/conv_lora_cost.py --variant sam2-hiera-s                     # SAM 2.1 (or sam3, 1008 px)
     python benchmarks/conv_lora_cost.py --device cuda --image-size 1024 --variant vit-h --batch-size 1 \
@@ -42,7 +54,8 @@ PAPER_INFERENCE_RATIO = 4.62 / 3.64
 # Paper, Table 3: training memory of Conv-LoRA (MoE) on ISIC, ViT-H by its parameter counts.
 PAPER_PEAK_MEMORY_GB = 21.7
 METHODS = ("lora", "conv_lora")
-NAMES = {"lora": "LoRA", "conv_lora": "Conv-LoRA"}
+CHOICES = (*METHODS, "conv_lora_dense")
+NAMES = {"lora": "LoRA", "conv_lora": "Conv-LoRA", "conv_lora_dense": "Conv-LoRA dense"}
 
 
 def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -51,7 +64,8 @@ def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
         targets = QKV_TARGETS[sam.config.model_type]  # the projections Conv-LoRA adapts by default
         config = LoraConfig(r=3, lora_alpha=32, target_modules=targets, modules_to_save=["mask_decoder"])
     else:
-        config = ConvLoraConfig(modules_to_save=["mask_decoder"])
+        dispatch = "dense" if method == "conv_lora_dense" else "grouped"
+        config = ConvLoraConfig(modules_to_save=["mask_decoder"], expert_dispatch=dispatch)
     model = get_peft_model(sam, config).to(args.device)
     if args.activation_checkpointing:
         enable_activation_checkpointing(model)
@@ -89,6 +103,124 @@ def make_train_step(model, optimizer, pixel_values, target, args):
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def training_loss(model, pixel_values, target, args) -> torch.Tensor:
+    with autocast(args):
+        logits = model(pixel_values=pixel_values, multimask_output=False).pred_masks[:, 0, 0]
+        return F.binary_cross_entropy_with_logits(logits.float(), target) + auxiliary_loss(model)
+
+
+def compile_main(args: argparse.Namespace, methods: list[str]) -> None:
+    """`--compile`: eager vs compiled step times and compile times per method (see the module docstring)."""
+    import torch._dynamo
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+
+    # compile from scratch each time: inductor's on-disk caches would turn a rerun's compile time into a cache read
+    torch._inductor.config.force_disable_caches = True
+
+    torch.manual_seed(0)
+    pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
+    rows = {}
+    for method in methods:
+        model = build(method, args)
+        with torch.no_grad():
+            size = model(pixel_values=pixel_values[:1], multimask_output=False).pred_masks.shape[-1]
+        target = (torch.rand(args.batch_size, size, size, device=args.device) > 0.5).float()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+        def train_step(loss_fn, model=model, optimizer=optimizer, target=target) -> None:
+            model.train()
+            loss_fn(model, pixel_values, target, args).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        def infer(model=model) -> None:
+            model.eval()
+            with torch.no_grad(), autocast(args):
+                model(pixel_values=pixel_values, multimask_output=False)
+
+        row = {}
+        for phase in ("train_step", "inference"):
+            eager = (lambda: train_step(training_loss)) if phase == "train_step" else infer
+            for _ in range(args.warmup):
+                eager()
+            eager_s = timed(eager, args)
+            torch._dynamo.reset()
+            counters.clear()
+            if phase == "train_step":
+                compiled_loss = torch.compile(training_loss, backend=args.backend)
+
+                def compiled(compiled_loss=compiled_loss) -> None:
+                    train_step(compiled_loss)
+            else:
+                compiled_forward = torch.compile(model, backend=args.backend)
+
+                def compiled(compiled_forward=compiled_forward, model=model) -> None:
+                    model.eval()
+                    with torch.no_grad(), autocast(args):
+                        compiled_forward(pixel_values=pixel_values, multimask_output=False)
+
+            synchronize(args.device)
+            start = time.perf_counter()
+            compiled()
+            synchronize(args.device)
+            first_s = time.perf_counter() - start
+            graphs = counters["stats"]["unique_graphs"]
+            compiled_s = timed(compiled, args)
+            row[phase] = {
+                "eager_s": eager_s,
+                "compiled_first_call_s": first_s,
+                "compiled_s": compiled_s,
+                "compile_s": first_s - compiled_s,
+                "graphs": graphs,
+                "graph_breaks": sum(counters["graph_break"].values()),
+                "recompilations": counters["stats"]["unique_graphs"] - graphs,
+            }
+            torch._dynamo.reset()
+        rows[method] = row
+        del model, optimizer
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    setup = f"{args.variant}, {args.image_size} px, batch {args.batch_size}, {args.dtype}, backend {args.backend}"
+    print(f"torch.compile vs eager on {setup}, {device_name}, {torch.get_num_threads()} threads")
+    columns = ["eager s", "compiled s", "eager / compiled", "first call s", "compile s", "compile / LoRA's"]
+    columns += ["graphs", "breaks", "recompiles"]
+    print("| method | phase | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    for phase in ("train_step", "inference"):
+        for method in methods:
+            r = rows[method][phase]
+            versus = r["compile_s"] / rows["lora"][phase]["compile_s"] if "lora" in rows else float("nan")
+            cells = [r["eager_s"], r["compiled_s"], r["eager_s"] / r["compiled_s"], r["compiled_first_call_s"]]
+            cells = [f"{c:.4f}" for c in cells] + [f"{r['compile_s']:.2f}", f"{versus:.2f}"]
+            cells += [str(r["graphs"]), str(r["graph_breaks"]), str(r["recompilations"])]
+            print(f"| {NAMES[method]} | {phase} | " + " | ".join(cells) + " |")
+    output = args.output.with_name(args.output.stem + "_compile.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {**run_record("conv_lora_cost_compile", args, device_name), "results": rows}
+    output.write_text(json.dumps(record, indent=2))
+    if "lora" in rows:
+        ratios = {
+            f"{method}_{phase}_compile_ratio": rows[method][phase]["compile_s"] / rows["lora"][phase]["compile_s"]
+            for method in methods
+            if method != "lora"
+            for phase in ("train_step", "inference")
+        }
+        print(" ".join(f"{name}={ratio:.3f}" for name, ratio in ratios.items()))
+
+
+def timed(step, args: argparse.Namespace) -> float:
+    """Median wall seconds of `args.repeats` runs of `step`."""
+    seconds = []
+    for _ in range(args.repeats):
+        synchronize(args.device)
+        start = time.perf_counter()
+        step()
+        synchronize(args.device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def make_inference_step(model, pixel_values, args):
@@ -130,10 +262,15 @@ def alternate(steps: dict, warmup: int, repeats: int, device: str) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--variant", "--base", default="vit-b", choices=VARIANTS, help="a sam_peft.random_sam variant (any generation)"
+        "--variant", "--base", default=None, choices=VARIANTS, help="a sam_peft.random_sam variant (any generation)"
     )
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=None, help="512 (--compile: 128)")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument(
+        "--compile", action="store_true", help="eager vs torch.compile (tiny model by default), see the docstring"
+    )
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend with --compile")
+    parser.add_argument("--inference-only", action="store_true", help="skip the training step (not with --compile)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype (float32: no autocast)"
@@ -142,12 +279,21 @@ def main() -> None:
     parser.add_argument(
         "--activation-checkpointing", "--checkpointing", action="store_true", help="recompute the vision blocks"
     )
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=CHOICES)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "conv_lora_cost.json")
     args = parser.parse_args()
-    methods = [name for name in METHODS if name in args.methods]
+    if args.variant is None:
+        args.variant = "tiny" if args.compile else "vit-b"
+    if args.image_size is None:
+        args.image_size = 128 if args.compile else 512
+    if args.methods is None:
+        args.methods = list(CHOICES) if args.compile else list(METHODS)
+    methods = [name for name in CHOICES if name in args.methods]
+    if args.compile:
+        compile_main(args, methods)
+        return
 
     torch.manual_seed(0)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
@@ -160,13 +306,15 @@ def main() -> None:
 
     trainable = {name: m.get_nb_trainable_parameters()[0] for name, m in models.items()}
     optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]) for name, m in models.items()}
-    phases = {
-        "train_step": alternate(
+    phases = {}
+    if not args.inference_only:
+        phases["train_step"] = alternate(
             {n: make_train_step(m, optimizers[n], pixel_values, target, args) for n, m in models.items()},
             args.warmup,
             args.repeats,
             args.device,
-        ),
+        )
+    phases |= {
         "inference": alternate(
             {n: make_inference_step(m, pixel_values, args) for n, m in models.items()},
             args.warmup,
@@ -174,9 +322,9 @@ def main() -> None:
             args.device,
         ),
     }
-    peak = phases["train_step"]["peak"]
+    peak = phases["train_step"]["peak"] if "train_step" in phases else dict.fromkeys(methods)
     median = {phase: {n: statistics.median(t) for n, t in timing["wall"].items()} for phase, timing in phases.items()}
-    both = len(methods) == len(METHODS)
+    both = all(name in methods for name in METHODS)
     ratios = paired = cpu_ratios = None
     if both:
         ratios = {phase: m["conv_lora"] / m["lora"] for phase, m in median.items()}
@@ -206,6 +354,8 @@ def main() -> None:
     print("| phase | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for phase, paper in (("train_step", PAPER_TRAIN_RATIO), ("inference", PAPER_INFERENCE_RATIO)):
+        if phase not in phases:
+            continue
         cells = [f"{median[phase][name]:.4f}" for name in methods]
         cells += [f"{r[phase]:.3f}" if r else "-" for r in (ratios, paired, cpu_ratios)]
         print(f"| {phase} | {' | '.join(cells)} | {paper:.2f} |")
@@ -224,16 +374,19 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
+    if "conv_lora_dense" in methods and "conv_lora" in methods:
+        print(
+            "dense vs grouped dispatch: "
+            + " ".join(f"{phase}_ratio={m['conv_lora_dense'] / m['conv_lora']:.3f}" for phase, m in median.items())
+        )
     if both:
-        line = f"train_step_ratio={ratios['train_step']:.3f} inference_ratio={ratios['inference']:.3f}"
+        line = " ".join(f"{phase}_ratio={ratio:.3f}" for phase, ratio in ratios.items())
         if cpu_ratios:
             line += " " + " ".join(f"{phase}_cpu_ratio={ratio:.3f}" for phase, ratio in cpu_ratios.items())
         print(line)
-    else:
+    elif len(methods) == 1:
         name = methods[0]
-        line = (
-            f"{name}_train_step_s={median['train_step'][name]:.4f} {name}_inference_s={median['inference'][name]:.4f}"
-        )
+        line = " ".join(f"{name}_{phase}_s={m[name]:.4f}" for phase, m in median.items())
         print(line + (f" peak_memory_gib={peak[name]:.2f}" if peak[name] is not None else ""))
 
 

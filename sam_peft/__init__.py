@@ -6,10 +6,10 @@ and `load_adapter` know them: `import sam_peft` must precede loading a sam-peft 
 Layers. Imports inside the package flow one way, down this order (lowest first):
 
     `tuners` (with `_registration`) < `modeling` < `data`
-        < `training`, `continual`, `prediction`, `prompted_prediction`, `hub`, `convert` < `recipes/` (outside the
-        package)
+        < `training`, `continual`, `prediction`, `prompted_prediction`, `hub`, `convert`, `export` < `recipes/`
+        (outside the package)
 
-A module imports its own layer (the six of the fourth import one another freely) and the layers below it, never one
+A module imports its own layer (the seven of the fourth import one another freely) and the layers below it, never one
 above, not even lazily inside a function: what a lower layer needs from a higher one comes in from above, through
 a hook (`tuners.base.CONFIG_SAVE_HOOKS`) or a class attribute (`peft_default_modules_to_save`). A tuner imports no
 other tuner's package: what tuners share sits directly under `tuners/` (`base`, `side_layers`, `frequency`, ...).

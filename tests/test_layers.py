@@ -28,6 +28,7 @@ RANKS = {
     "prompted_prediction": 3,
     "hub": 3,
     "convert": 3,
+    "export": 3,
     "metrics": 3,
 }
 TOP = 4  # `sam_peft/__init__.py`, which imports everything: no part of the package may import it

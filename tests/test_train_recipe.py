@@ -289,6 +289,7 @@ def test_every_recipe_help_starts_with_its_purpose_and_usage(monkeypatch, capsys
         "cache_embeddings.py": "usage: python recipes/cache_embeddings.py CONFIG.yaml [--key value ...]",
         "evaluate.py": "usage: python recipes/evaluate.py [CONFIG.yaml] --adapter RUN_OR_HUB_ID [DATA SOURCE]",
         "predict.py": "usage: python recipes/predict.py --adapter RUN_OR_HUB_ID --input IMAGE_OR_FOLDER",
+        "export.py": "usage: python recipes/export.py --adapter RUN_OR_HUB_ID --output_dir OUT",
     }
     assert sorted(usages) == sorted(p.name for p in (ROOT / "recipes").glob("*.py"))
     for name, usage in usages.items():

@@ -1,7 +1,7 @@
 """Conv-LoRA: LoRA with a mixture of convolutional experts in the bottleneck (Zhong et al., ICLR 2024)."""
 
 from .config import CONV_LORA, SAM_QKV_TARGET, ConvLoraConfig
-from .layer import ConvExperts, ConvLoraLayer, Linear, NoisyTopKGate
+from .layer import ConvExperts, ConvLoraLayer, Linear, NoisyTopKGate, set_expert_dispatch
 from .model import ConvLoraModel
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "ConvLoraModel",
     "Linear",
     "NoisyTopKGate",
+    "set_expert_dispatch",
 ]

@@ -25,6 +25,12 @@ def cv_squared(values: torch.Tensor) -> torch.Tensor:
     return values.var() / (values.mean() ** 2 + 1e-10)
 
 
+def standard_normal_cdf(value: torch.Tensor) -> torch.Tensor:
+    """`Normal(0, 1).cdf(value)`, torch.distributions' formula without building a distribution (whose argument
+    checks read tensors on the host, and whose construction `torch.compile` does not trace in one graph)."""
+    return 0.5 * (1 + torch.erf(value / math.sqrt(2)))
+
+
 class NoisyTopKGate(nn.Module):
     """Routes each sample to its top-k experts from the spatial mean of its bottleneck features.
 
@@ -76,11 +82,9 @@ class NoisyTopKGate(nn.Module):
         """
         threshold_if_in = top_logits[:, self.top_k : self.top_k + 1]  # (N, 1)
         threshold_if_out = top_logits[:, self.top_k - 1 : self.top_k]  # (N, 1)
-        # no argument validation: its checks read tensors on the host, a device synchronisation per call
-        normal = torch.distributions.Normal(clean_logits.new_zeros(()), clean_logits.new_ones(()), validate_args=False)
         is_in = noisy_logits > threshold_if_in
-        prob_if_in = normal.cdf((clean_logits - threshold_if_in) / noise_std)
-        prob_if_out = normal.cdf((clean_logits - threshold_if_out) / noise_std)
+        prob_if_in = standard_normal_cdf((clean_logits - threshold_if_in) / noise_std)
+        prob_if_out = standard_normal_cdf((clean_logits - threshold_if_out) / noise_std)
         return torch.where(is_in, prob_if_in, prob_if_out)
 
 
@@ -126,7 +130,9 @@ class ConvLoraLayer(UnmergeableLayer):
         self.conv_lora_gate[adapter_name] = NoisyTopKGate(
             r, config.num_experts, config.top_k, config.noisy_gating, config.balance_loss_coef
         )
-        self.conv_lora_experts[adapter_name] = ConvExperts(r, config.expert_scales)
+        self.conv_lora_experts[adapter_name] = ConvExperts(
+            r, config.expert_scales, getattr(config, "expert_dispatch", "grouped")
+        )
         nn.init.kaiming_uniform_(self.conv_lora_A[adapter_name].weight, a=math.sqrt(5))
         if config.init_weights:
             nn.init.zeros_(self.conv_lora_B[adapter_name].weight)
@@ -155,9 +161,9 @@ class Linear(nn.Module, ConvLoraLayer):
 
     def bottleneck(
         self, adapter_name: str, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, ExpertRouting, torch.Tensor]:
-        """For x (N, h, w, in): `z = A(dropout(x))` (N, r, h, w), its gates (N, M), their routing and the balance
-        loss (0-dim).
+    ) -> tuple[torch.Tensor, torch.Tensor, ExpertRouting | None, torch.Tensor]:
+        """For x (N, h, w, in): `z = A(dropout(x))` (N, r, h, w), its gates (N, M), their routing (None on the dense
+        path and under `torch.compile`, which route inside the experts) and the balance loss (0-dim).
 
         z stays a channels-last view of A's output (no copy): the experts gather their windows into a contiguous
         batch anyway, and the up-projection reads z back as (N * h * w, r) without a copy.
@@ -166,14 +172,17 @@ class Linear(nn.Module, ConvLoraLayer):
         x = self._cast_input_dtype(x, down.weight.dtype)
         z = down(self.conv_lora_dropout[adapter_name](x)).permute(0, 3, 1, 2)  # (N, r, h, w)
         gates, loss = self.conv_lora_gate[adapter_name](z)  # (N, M), ()
-        return z, gates, self.conv_lora_experts[adapter_name].route(gates), loss
+        experts = self.conv_lora_experts[adapter_name]
+        # the grouped path routes ahead, outside a compiled graph; the dense path and a compiled model need no routing
+        routing = None if experts.uses_dense() or torch.compiler.is_compiling() else experts.route(gates)
+        return z, gates, routing, loss
 
     def add_adapter_output(
         self,
         adapter_name: str,
         z: torch.Tensor,
         gates: torch.Tensor,
-        routing: ExpertRouting,
+        routing: ExpertRouting | None,
         result: torch.Tensor,
     ) -> torch.Tensor:
         """`result + (alpha / r) * B(z + experts(z))` for z (N, r, h, w) from `bottleneck` and result (N, h, w, out).
@@ -210,3 +219,19 @@ class Linear(nn.Module, ConvLoraLayer):
 
     def __repr__(self) -> str:
         return "conv_lora." + super().__repr__()
+
+
+def set_expert_dispatch(model: nn.Module, dispatch: str) -> list[str]:
+    """Set the expert dispatch ("grouped" or "dense", see `ConvLoraConfig.expert_dispatch`) of every Conv-LoRA
+    adapter in `model`, and of its Conv-LoRA configs; returns the names of the layers changed. The outputs do not
+    change (to rounding): "dense" is the sync-free path for `torch.compile` inference and export."""
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, ConvLoraLayer):
+            for experts in module.conv_lora_experts.values():
+                experts.dispatch = dispatch
+            changed.append(name)
+    for config in (getattr(model, "peft_config", None) or {}).values():
+        if isinstance(config, ConvLoraConfig):
+            config.expert_dispatch = dispatch
+    return changed
