@@ -41,9 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +54,7 @@ from torch import Tensor, nn
 from .modeling import input_image_size
 from .modeling.semantic_sam import SemanticSegmentationHeadMixin
 from .training.files import TEMPORARY_PREFIX, fsync_path
-from .tuners import conv_lora, frequency
+from .tuners import conv_lora
 from .tuners.base import UnmergeableLayer
 from .tuners.slora.prompting import uses_prompt_heat_maps
 
@@ -107,50 +105,17 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
     return model
 
 
-def _real_high_pass_matrices(size: int, half: int, device, dtype) -> tuple[Tensor, Tensor]:
-    """Real and imaginary parts of the `(size, size)` operator that keeps, along one axis, the frequencies that
-    `high_pass_magnitude` zeroes (its centred band, in fftshifted order): `ifft(band * fft(x))` as a matrix."""
-    band = torch.zeros(size, dtype=torch.float64)
-    band[max(size // 2 - half, 0) : size // 2 + half] = 1
-    band = torch.fft.ifftshift(band)
-    eye = torch.eye(size, dtype=torch.complex128)
-    operator = torch.fft.ifft(band[:, None] * torch.fft.fft(eye, dim=0), dim=0)
-    return operator.real.to(device, dtype), operator.imag.to(device, dtype)
-
-
-def real_high_pass_magnitude(images: Tensor, ratio: float = 0.25) -> Tensor:
-    """`sam_peft.tuners.frequency.high_pass_magnitude` without complex numbers (for ONNX): the zeroed square of
-    the spectrum is the product of one band per axis, so its low-pass part is `P_H x P_W^T` with the 1-D band
-    operators `P` (complex constants), and the high-pass part `x - Re(P_H x P_W^T)`."""
-    height, width = images.shape[-2:]
-    half = int(math.sqrt(height * width * ratio) // 2)
-    x = images if images.dtype == torch.float64 else images.float()
-    rows_real, rows_imag = _real_high_pass_matrices(height, half, x.device, x.dtype)
-    cols_real, cols_imag = _real_high_pass_matrices(width, half, x.device, x.dtype)
-    low = rows_real @ x @ cols_real.T - rows_imag @ x @ cols_imag.T
-    return (x - low).abs().to(images.dtype)
-
-
 @contextlib.contextmanager
 def _onnx_friendly_operations() -> Iterator[None]:
-    """While exporting to ONNX: the tuners' FFT high-pass replaced by its real-valued equivalent, and torch's
-    notice that torchvision's operators are not registered (sam-peft uses none) silenced; both restored after."""
+    """While exporting to ONNX: torch's notice that torchvision's operators are not registered (sam-peft uses none)
+    silenced, then restored. (The tuners' FFT high-pass takes its real-valued form by itself while exporting:
+    `sam_peft.tuners.frequency.high_pass_magnitude`.)"""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
-    original = frequency.high_pass_magnitude
-    patched = [
-        module
-        for name, module in list(sys.modules.items())
-        if name.startswith("sam_peft.tuners") and getattr(module, "high_pass_magnitude", None) is original
-    ]
-    for module in patched:
-        module.high_pass_magnitude = real_high_pass_magnitude
     try:
         yield
     finally:
-        for module in patched:
-            module.high_pass_magnitude = original
         registration.setLevel(level)
 
 

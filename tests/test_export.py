@@ -16,11 +16,11 @@ import torch
 from peft import PeftModel
 
 from sam_peft import export as export_module
-from sam_peft.export import ExportError, export, real_high_pass_magnitude
+from sam_peft.export import ExportError, export
 from sam_peft.modeling import random_sam
 from sam_peft.training import build_model, save_trained, write_run_file
 from sam_peft.training.arguments import ModelArguments
-from sam_peft.tuners.frequency import high_pass_magnitude
+from sam_peft.tuners.frequency import high_pass_magnitude, real_high_pass_magnitude
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "export.py"
 ATOL = 1e-4
