@@ -12,6 +12,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
+from test_slora_official import randomised  # every SLoRA weight drawn, so each part shows
 from torch.utils.data import DataLoader
 from transformers import PretrainedConfig
 
@@ -50,16 +51,6 @@ def semantic(base_dir) -> SamForSemanticSegmentation:
 
 def learned(model: PeftModel, adapter: str = "default") -> torch.nn.Parameter:
     return model.base_model.slora_learned_prompt[adapter].heat_map
-
-
-def randomised(model: PeftModel, seed: int = 0) -> PeftModel:
-    """Every SLoRA weight drawn from N(0, 0.5^2), so that every part of the adapter (the prompt path too) shows."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "slora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ learned prompt
